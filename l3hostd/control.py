@@ -1,0 +1,125 @@
+"""Control socket: a root-only unix socket speaking one JSON object per line.
+
+Request ``{"command": "show", "what": "status"|"endpoints"|"routes"}``; the reply is one
+JSON line ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": "..."}``. The socket
+file is created with mode 0600 in a 0755 directory, so only root can connect.
+:mod:`l3hostd.ctl` (``l3hostctl``) is the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from l3hostd.daemon import Daemon
+
+log = logging.getLogger("l3hostd.control")
+
+MAX_REQUEST = 64 * 1024
+
+
+def status(daemon: Daemon) -> dict[str, Any]:
+    dp = daemon.dataplane
+    return {
+        "node": daemon.config.node.name,
+        "uptime_seconds": round(time.time() - daemon.started, 1),
+        "synced": dp.synced.is_set(),
+        "endpoints": {s.value: n for s, n in sorted(dp.count_states().items(), key=str)},
+        "endpoint_file_errors": dict(sorted(daemon.source.errors.items())),
+        "host_routes_installed": len(dp.routes.observed),
+        "neighbours_installed": len(dp.neighbours.observed),
+        "passes": dp.stats.passes,
+        "link_events": daemon.monitor.events,
+        "link_overflows": daemon.monitor.overflows,
+        "reconcilers": {
+            r.name: {
+                "desired": len(r.desired),
+                "observed": len(r.observed),
+                "dirty": r.dirty_count,
+                "errors": r.stats.errors,
+                "last_error": r.stats.last_error,
+                "resyncs": r.stats.resyncs,
+            }
+            for r in dp.reconcilers
+        },
+    }
+
+
+def routes(daemon: Daemon) -> list[dict[str, Any]]:
+    installed = sorted(
+        daemon.dataplane.routes.observed.values(),
+        key=lambda r: (r.dst.version, r.dst.network_address.packed, r.dst.prefixlen),
+    )
+    return [
+        {"dst": str(r.dst), "ifindex": r.ifindex, "table": r.table, "proto": "l3hostd"}
+        for r in installed
+    ]
+
+
+HANDLERS = {
+    "status": status,
+    "endpoints": lambda d: d.dataplane.endpoint_rows(),
+    "routes": routes,
+}
+
+
+class ControlServer:
+    def __init__(self, path: str | Path, daemon: Daemon) -> None:
+        self.path = Path(path)
+        self.daemon = daemon
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=str(self.path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            writer.write(json.dumps(self.answer(line)).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("request must be a JSON object")
+            if request.get("command") != "show":
+                raise ValueError(f"unknown command {request.get('command')!r}")
+            handler = HANDLERS.get(str(request.get("what")))
+            if handler is None:
+                raise ValueError(f"show what? one of {', '.join(HANDLERS)}")
+            return {"ok": True, "data": handler(self.daemon)}
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug in a view must not kill the daemon
+            log.exception("control request failed")
+            return {"ok": False, "error": f"internal error: {exc}"}

@@ -1,0 +1,69 @@
+"""``l3hostctl``: the operator's client for the control socket (think ``birdc``).
+
+``l3hostctl [--socket PATH] show status|endpoints|routes [--json]``. Tables by default,
+``--json`` for scripts. Exit codes: 0 ok, 1 daemon unreachable or failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from typing import Any
+
+DEFAULT_SOCKET = "/run/l3hostd/control.sock"
+
+
+def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps(payload).encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    reply: dict[str, Any] = json.loads(b"".join(chunks))
+    return reply
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(r.get(c, "")) if not isinstance(r.get(c), list) else ",".join(map(str, r[c]))
+              for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+              for row in cells]
+    return "\n".join(lines)
+
+
+def render(what: str, data: Any) -> str:
+    if what == "endpoints":
+        return _table(data, ["interface", "state", "ips", "routes_installed", "id", "reason"])
+    if what == "routes":
+        return _table(data, ["dst", "ifindex", "table", "proto"])
+    return json.dumps(data, indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="l3hostctl", description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", default=DEFAULT_SOCKET)
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show")
+    show.add_argument("what", choices=["status", "endpoints", "routes"])
+    show.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        reply = request(args.socket, {"command": args.command, "what": args.what})
+    except OSError as exc:
+        print(f"l3hostctl: cannot reach l3hostd at {args.socket}: {exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"l3hostctl: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply["data"], indent=2) if args.json else render(args.what, reply["data"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The composition root: wires config, endpoint source, link monitor, dataplane, control.
+
+Start-up order (nothing is written to the kernel before step 4):
+
+1. open the netlink driver and subscribe the link monitor (before the dump, so no change
+   between dump and subscription is missed);
+2. read the endpoint directory once, completely;
+3. dump the links;
+4. mark the dataplane ready: the first pass adopts what the kernel holds (mark-and-sweep),
+   then ``READY=1`` goes to systemd.
+
+Then everything is event-driven: inotify for endpoint files, netlink for links, plus a
+jittered periodic resync (``dataplane.resync_interval``, 2/3..1 of it) and the endpoint
+directory's own periodic rescan as safety nets.
+
+SIGTERM/SIGINT stop the loop and leave every kernel object in place (routes, neighbour
+entries, sysctls): VMs keep working while the daemon restarts, and the next start adopts
+the state without rewriting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+
+from l3hostd import control
+from l3hostd.calc import DataplaneSettings
+from l3hostd.config import Config
+from l3hostd.dataplane import Dataplane
+from l3hostd.endpoints.directory import DirectorySource, SourceChange
+from l3hostd.netlink import sysctl
+from l3hostd.netlink.driver import NetlinkDriver
+from l3hostd.netlink.monitor import LinkMonitor
+from l3hostd.systemd import Notifier
+
+log = logging.getLogger("l3hostd")
+
+
+def dataplane_settings(config: Config) -> DataplaneSettings:
+    return DataplaneSettings(
+        interface_patterns=tuple(config.endpoints.interface_patterns),
+        table=config.dataplane.table_id,
+        ipv6_gateway=config.dataplane.ipv6_gateway,
+    )
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = time.time()
+        self.driver = NetlinkDriver()
+        self.dataplane = Dataplane(self.driver, dataplane_settings(config))
+        self.monitor = LinkMonitor(
+            self.dataplane.on_link, self.dataplane.on_link_removed, self._on_overflow
+        )
+        self.source = DirectorySource(
+            config.endpoints.directory,
+            self._on_endpoints,
+            rescan_interval=config.endpoints.rescan_interval,
+        )
+        self.notifier = Notifier()
+        self._stop = asyncio.Event()
+        self._link_resync = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _on_endpoints(self, change: SourceChange) -> None:
+        self.dataplane.on_endpoints(change.endpoints_upserted, change.endpoints_removed)
+
+    def _on_overflow(self) -> None:
+        self._link_resync.set()
+
+    async def _resync_links(self) -> None:
+        """Re-dump the links and resync every reconciler (overflow or periodic)."""
+        self.dataplane.on_links(await self.driver.dump_links())
+        self.dataplane.request_resync()
+
+    async def _link_resync_loop(self) -> None:
+        while True:
+            await self._link_resync.wait()
+            self._link_resync.clear()
+            try:
+                await self._resync_links()
+            except Exception:
+                log.exception("link resync failed; retrying in 1 s")
+                await asyncio.sleep(1)
+                self._link_resync.set()
+
+    async def _periodic_resync(self) -> None:
+        interval = self.config.dataplane.resync_interval
+        while True:
+            await asyncio.sleep(interval * random.uniform(2 / 3, 1.0))
+            log.debug("periodic resync")
+            self._link_resync.set()
+
+    async def _ready_when_synced(self) -> None:
+        await self.dataplane.synced.wait()
+        counts = self.dataplane.count_states()
+        status = (
+            f"in sync: {sum(counts.values())} endpoints, "
+            f"{len(self.dataplane.routes.observed)} host routes"
+        )
+        self.notifier.ready(status)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        for warning in sysctl.global_forwarding_warnings():
+            log.warning("%s", warning)
+        await self.driver.open()
+        self.monitor.start()
+        self.source.load_initial()
+        self.dataplane.on_endpoints(self.source.endpoints(), ())
+        self.dataplane.on_links(await self.driver.dump_links())
+        self.dataplane.set_ready()
+        server = control.ControlServer(self.config.control.socket, self)
+        await server.start()
+        self._tasks = [
+            asyncio.create_task(coro, name=name)
+            for name, coro in (
+                ("dataplane", self.dataplane.run()),
+                ("endpoints", self.source.run()),
+                ("link-resync", self._link_resync_loop()),
+                ("periodic-resync", self._periodic_resync()),
+                ("ready", self._ready_when_synced()),
+                ("watchdog", self.notifier.run_watchdog()),
+            )
+        ]
+        stop = asyncio.create_task(self._stop.wait())
+        pending: set[asyncio.Task[object]] = {stop, *self._tasks}
+        try:
+            while not stop.done():
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stop and not task.cancelled():
+                        exc = task.exception()
+                        if exc is not None:
+                            log.error("task %s failed: %r", task.get_name(), exc)
+                            raise exc
+        finally:
+            log.info("stopping; kernel state is left in place")
+            self.notifier.stopping()
+            stop.cancel()
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await server.close()
+            self.monitor.stop()
+            self.driver.close()
+            self.notifier.close()

@@ -1,0 +1,213 @@
+"""The local dataplane: inputs -> desired state -> reconcilers, and the apply loop.
+
+Inputs arrive as method calls from the event loop (endpoint source, link monitor); each
+one updates :class:`~l3hostd.calc.DesiredState` (pure, O(affected endpoints)) and copies
+the changed keys into the reconcilers with ``set_desired`` (no IO), then wakes the apply
+loop. The loop runs one *pass* at once when woken; whatever arrives while a pass is
+writing is picked up by the next pass, so bursts coalesce by themselves and an isolated
+change is applied without any timer delay.
+
+A pass: resync the reconcilers that asked for it; removals in reverse order (routes, then
+neighbours, then TAP config); additions in order (TAP config, neighbours, routes). The
+firewall reconciler (a later issue) goes first in that order, and the BGP announcement
+follows the routes: listeners are told which routes are *observed installed* after each
+pass, never before the kernel confirmed them.
+
+Nothing is written before :meth:`Dataplane.set_ready` (the endpoint directory has been
+read and the links dumped) and every reconciler starts with a resync pending, so the first
+pass adopts what a previous run left in the kernel: right objects are kept untouched,
+wrong ones fixed, stale ones of ours swept.
+
+Devices that go admin-down or away lose their routes, neighbour entries and IPv6 addresses
+in the kernel without any route/neighbour event; the reconcilers are told to forget them
+so they are re-created when the device is up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from l3hostd.calc import DataplaneSettings, DesiredState, PlanDelta
+from l3hostd.model import Endpoint, EndpointState, HostRoute, Link, RouteKey
+from l3hostd.netlink.kernel import Kernel
+from l3hostd.netlink.neighbors import NeighbourReconciler
+from l3hostd.netlink.routes import RouteReconciler
+from l3hostd.netlink.tapconfig import TapConfigReconciler
+from l3hostd.reconcile import Phase, Reconciler
+
+log = logging.getLogger("l3hostd.dataplane")
+
+#: Called after each pass with the installed host routes that appeared and disappeared.
+RouteListener = Callable[[Mapping[RouteKey, HostRoute], Iterable[RouteKey]], None]
+
+
+@dataclass(slots=True)
+class PassStats:
+    passes: int = 0
+    last_pass_seconds: float = 0.0
+    total_pass_seconds: float = 0.0
+
+
+class Dataplane:
+    def __init__(
+        self,
+        kernel: Kernel,
+        settings: DataplaneSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = DesiredState(settings)
+        self.tapconfig = TapConfigReconciler(kernel, lambda: list(self.tapconfig.desired.values()))
+        self.neighbours = NeighbourReconciler(kernel, lambda: set(self.state.links))
+        self.routes = RouteReconciler(kernel)
+        self.reconcilers: tuple[Reconciler, ...] = (self.tapconfig, self.neighbours, self.routes)  # type: ignore[type-arg]
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._ready = False
+        self.synced = asyncio.Event()  # set after the first complete pass
+        self.stats = PassStats()
+        self.route_listeners: list[RouteListener] = []
+
+    # ---- inputs (cheap, no IO) --------------------------------------------------------------
+
+    def on_endpoints(self, upserted: Mapping[str, Endpoint], removed: Iterable[str]) -> None:
+        for eid in removed:
+            self._absorb(self.state.remove_endpoint(eid))
+        for ep in upserted.values():
+            self._absorb(self.state.upsert_endpoint(ep))
+
+    def on_link(self, link: Link) -> None:
+        old = self.state.links.get(link.ifindex)
+        if old is not None and old.admin_up and not link.admin_up:
+            self._forget(link.ifindex)
+        self._absorb(self.state.upsert_link(link))
+
+    def on_link_removed(self, ifindex: int) -> None:
+        self._forget(ifindex)
+        self._absorb(self.state.remove_link(ifindex))
+
+    def on_links(self, links: Iterable[Link]) -> None:
+        """A full dump of the links (start, overflow, periodic resync)."""
+        fresh = {link.ifindex: link for link in links}
+        for ifindex, old in self.state.links.items():
+            new = fresh.get(ifindex)
+            if new is None or (old.admin_up and not new.admin_up):
+                self._forget(ifindex)
+        self._absorb(self.state.replace_links(fresh.values()))
+
+    def set_ready(self) -> None:
+        """The inputs are complete (first endpoint scan and link dump): writes may start."""
+        self._ready = True
+        self._wake.set()
+
+    def request_resync(self) -> None:
+        for r in self.reconcilers:
+            r.queue_resync()
+        self._wake.set()
+
+    def _absorb(self, delta: PlanDelta) -> None:
+        if not delta:
+            return
+        for rk, route in delta.routes.items():
+            self.routes.set_desired(rk, route)
+        for nk, neigh in delta.neighbours.items():
+            self.neighbours.set_desired(nk, neigh)
+        for ifindex, tap in delta.taps.items():
+            self.tapconfig.set_desired(ifindex, tap)
+        self._wake.set()
+
+    def _forget(self, ifindex: int) -> None:
+        self.routes.forget_ifindex(ifindex)
+        self.neighbours.forget_ifindex(ifindex)
+        self.tapconfig.forget_observed([ifindex])
+        self._wake.set()
+
+    # ---- the apply loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            if self._ready and any(r.pending(now) for r in self.reconcilers):
+                await self.apply_once()
+                continue
+            await self._sleep(self._next_retry(now))
+
+    def _next_retry(self, now: float) -> float | None:
+        deadlines = [d for r in self.reconcilers if (d := r.next_retry()) is not None]
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    async def _sleep(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def apply_once(self) -> int:
+        """One pass (see the module docstring); returns the number of requests written."""
+        started = self._clock()
+        for r in self.reconcilers:
+            if r.resync_pending:
+                await r.resync()
+        now = self._clock()
+        written = 0
+        for r in reversed(self.reconcilers):
+            written += await r.apply(Phase.REMOVE, now)
+        for r in self.reconcilers:
+            written += await r.apply(Phase.ADD, now)
+        elapsed = self._clock() - started
+        self.stats.passes += 1
+        self.stats.last_pass_seconds = elapsed
+        self.stats.total_pass_seconds += elapsed
+        self._notify_routes()
+        if not self.synced.is_set() and all(r.in_sync for r in self.reconcilers):
+            self.synced.set()
+            log.info(
+                "first full sync done in %.1f ms: %d routes, %d endpoints active",
+                elapsed * 1000,
+                len(self.routes.observed),
+                self.count_states().get(EndpointState.ACTIVE, 0),
+            )
+        return written
+
+    def _notify_routes(self) -> None:
+        """Tell listeners (BGP) which installed host routes appeared, changed or went away."""
+        changed = self.routes.take_observed_changes()
+        if not changed or not self.route_listeners:
+            return
+        installed = self.routes.observed
+        added = {k: installed[k] for k in changed if k in installed}
+        removed = [k for k in changed if k not in installed]
+        for listener in self.route_listeners:
+            listener(added, removed)
+
+    # ---- views ---------------------------------------------------------------------------------
+
+    def count_states(self) -> dict[EndpointState, int]:
+        out: dict[EndpointState, int] = {}
+        for plan in self.state.plans.values():
+            out[plan.state] = out.get(plan.state, 0) + 1
+        return out
+
+    def endpoint_rows(self) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        for eid, plan in sorted(self.state.plans.items()):
+            ep = self.state.endpoints[eid]
+            installed = [
+                str(r.dst) for r in plan.routes if self.routes.observed.get(r.key) == r
+            ]
+            rows.append(
+                {
+                    "id": eid,
+                    "interface": ep.interface,
+                    "mac": ep.mac,
+                    "ips": [str(ip) for ip in ep.ips],
+                    "state": plan.state.value,
+                    "reason": plan.reason,
+                    "ifindex": plan.ifindex,
+                    "routes_installed": installed,
+                }
+            )
+        return rows

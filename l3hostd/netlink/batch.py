@@ -1,0 +1,663 @@
+"""A fast, batched rtnetlink request socket for asyncio (and uvloop), without pyroute2.
+
+Why: pyroute2 encodes ~3.7k routes/s; the kernel applies ~50k route adds/s when the
+requests arrive packed many per datagram. :class:`RtnlBatchSocket` sends requests built by
+:mod:`l3hostd.netlink.wire` (plain ``bytes``, one netlink message each) in datagrams of up
+to 256 messages / 64 KiB, and matches every acknowledgement to its request by sequence
+number. It also runs kernel-filtered dumps (routes by protocol/table, neighbours by
+interface) on the same socket.
+
+How:
+
+* One ``AF_NETLINK``/``NETLINK_ROUTE`` ``SOCK_RAW`` socket, non-blocking, subscribed to no
+  multicast group (a request socket must never receive events), with
+  ``NETLINK_GET_STRICT_CHK`` (the kernel honours the filters in dump requests),
+  ``NETLINK_EXT_ACK`` (error strings), ``NETLINK_CAP_ACK`` (error replies echo only the
+  request header) and large buffers (``SO_RCVBUFFORCE`` when permitted).
+* Driven by ``loop.add_reader()``: ``loop.create_datagram_endpoint()`` fails for
+  ``AF_NETLINK`` on uvloop. The reader is registered for the duration of one operation.
+* The kernel processes a request datagram synchronously inside ``send()`` and queues one
+  ACK per message on our receive queue. At most ``max_in_flight`` (256) requests are
+  unacknowledged at any time: with thousands in flight the ACKs overflow the receive
+  buffer, the kernel drops them (the requests were applied) and awaits would hang. Each
+  time the reader drains ACKs it refills the window from the reader callback itself, so a
+  bulk operation costs one event-loop iteration per datagram and yields between them.
+* Every operation has a progress timeout (default 5 s without any reply -> exception).
+  A socket error (ENOBUFS: ACKs lost) fails the operation at once with
+  :class:`NetlinkSocketError`. Replies with sequence numbers of an earlier (failed)
+  operation are ignored.
+* Operations on one socket are serialized with an :class:`asyncio.Lock`.
+* Dumps parse records inside the reader callback with the cyclic GC paused for that
+  callback: the records are acyclic, and the collector otherwise doubles the parse time of
+  100k routes.
+
+``netns``: the socket can be opened inside another network namespace (a path such as
+``/run/netns/NAME``, or just ``NAME``). A short-lived thread does ``setns()`` and creates the
+socket there; the socket stays bound to that namespace, the calling thread never changes
+namespace. The daemon runs inside its namespace itself (``netns=None``); the argument is
+for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno as errno_mod
+import gc
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, NamedTuple, TypeVar
+
+from l3hostd.netlink import wire
+
+T = TypeVar("T")
+
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+CLONE_NEWNET = 0x40000000
+
+DEFAULT_TIMEOUT = 5.0
+MAX_IN_FLIGHT = 256
+MAX_DATAGRAM = 64 * 1024
+_RECV_BUFFER = 256 * 1024
+# Work per reader wake-up before yielding back to the loop (a 100k-route dump would
+# otherwise be parsed in one callback).
+_MAX_BYTES_PER_WAKEUP = 512 * 1024
+_DUMP_RETRIES = 3
+
+_PENDING = -1
+_FLAGS_SEQ = struct.Struct("=HI")  # nlmsg_flags (offset 6) + nlmsg_seq (offset 8)
+_I32 = struct.Struct("=i")
+_REQ_ACK = wire.NLM_F_REQUEST | wire.NLM_F_ACK
+
+
+class NetlinkError(OSError):
+    """The kernel refused a request or a dump: ``errno`` and the extended-ACK message."""
+
+    def __init__(self, err: int, message: str | None = None, *, what: str = "netlink") -> None:
+        text = f"{what}: {os.strerror(err)}"
+        if message:
+            text += f" ({message})"
+        super().__init__(err, text)
+        self.kernel_message = message
+
+
+class NetlinkSocketError(NetlinkError):
+    """The socket failed during an operation (e.g. ENOBUFS: acknowledgements were lost;
+    the kernel may have applied requests whose result is unknown). ``results`` holds the
+    errno per request known so far, -1 where unknown (batch operations only)."""
+
+    def __init__(self, err: int, message: str | None = None, *, what: str = "netlink") -> None:
+        super().__init__(err, message, what=what)
+        self.results: list[int] = []
+
+
+class NetlinkTimeoutError(TimeoutError):
+    """No reply from the kernel within the timeout. ``results`` as for
+    :class:`NetlinkSocketError`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.results: list[int] = []
+
+
+class Result(NamedTuple):
+    """Outcome of one request: ``errno`` (0 = success) and the kernel's extack message."""
+
+    errno: int
+    message: str | None = None
+
+
+# --- socket creation ---------------------------------------------------------------------
+
+
+def _setns(fd: int, nstype: int) -> None:
+    setns = getattr(os, "setns", None)  # Python >= 3.12
+    if setns is not None:
+        setns(fd, nstype)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def _set_bufsize(sock: socket.socket, force_opt: int, opt: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)  # ignores rmem_max; needs CAP_NET_ADMIN
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, opt, size)  # capped at net.core.[rw]mem_max
+
+
+def _new_socket(rcvbuf: int, sndbuf: int) -> socket.socket:
+    sock = socket.socket(
+        socket.AF_NETLINK,
+        socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        socket.NETLINK_ROUTE,
+    )
+    try:
+        _set_bufsize(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
+        _set_bufsize(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
+        sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        sock.bind((0, 0))  # the kernel picks the port id; groups 0: no events
+        sock.connect((0, 0))  # the kernel
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def netns_path(netns: str) -> str:
+    """``NAME`` -> ``/run/netns/NAME``; paths are returned unchanged."""
+    return netns if "/" in netns else f"/run/netns/{netns}"
+
+
+def open_netlink_socket(
+    netns: str | None = None, *, rcvbuf: int = 8 << 20, sndbuf: int = 4 << 20
+) -> socket.socket:
+    """A configured NETLINK_ROUTE request socket, created in ``netns`` if given (by a
+    short-lived thread that enters the namespace; the caller's thread is not affected)."""
+    if netns is None:
+        return _new_socket(rcvbuf, sndbuf)
+    path = netns_path(netns)
+    box: list[socket.socket | BaseException] = []
+
+    def worker() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns(fd, CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            box.append(_new_socket(rcvbuf, sndbuf))
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=worker, name="l3hostd-netns-socket", daemon=True)
+    thread.start()
+    thread.join()
+    result = box[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+# --- operations --------------------------------------------------------------------------
+
+
+class _Op:
+    """One operation in progress (a batch or a dump): fed by the reader callback."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.timeout = timeout
+        self.last_progress = loop.time()
+        self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._check_timeout)
+
+    def feed(self, buf: bytearray, n: int) -> None:
+        raise NotImplementedError
+
+    def after_drain(self) -> None:
+        """Called once the reader has drained what was queued (or reached its budget)."""
+
+    def socket_failed(self, exc: OSError) -> None:
+        """The socket reported an error (recv/send): fail the operation."""
+        raise NotImplementedError
+
+    def describe_pending(self) -> str:
+        return ""
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.future.done():
+            return
+        idle = self.loop.time() - self.last_progress
+        if idle >= self.timeout:
+            self.fail(
+                NetlinkTimeoutError(
+                    f"netlink: no reply from the kernel for {self.timeout:g} s"
+                    f"{self.describe_pending()}"
+                )
+            )
+        else:
+            self._timer = self.loop.call_later(self.timeout - idle, self._check_timeout)
+
+    def finish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class _BatchOp(_Op):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        sock: socket.socket,
+        requests: Sequence[bytes],
+        base_seq: int,
+        max_in_flight: int,
+    ) -> None:
+        super().__init__(loop, timeout)
+        self.sock = sock
+        self.requests = requests
+        self.n = len(requests)
+        self.base = base_seq
+        self.max_in_flight = max_in_flight
+        self.errors: list[int] = [_PENDING] * self.n
+        self.messages: dict[int, str] = {}
+        self.sent = 0
+        self.acked = 0
+
+    def describe_pending(self) -> str:
+        return f"; {self.n - self.acked} of {self.n} requests unacknowledged"
+
+    def fill(self) -> None:
+        """Send requests until ``max_in_flight`` are unacknowledged (one datagram)."""
+        room = self.max_in_flight - (self.sent - self.acked)
+        if room <= 0 or self.sent >= self.n:
+            return
+        start = self.sent
+        stop = min(self.n, start + room)
+        buf = bytearray()
+        seq = self.base + start
+        i = start
+        requests = self.requests
+        hdr_unpack = wire.NLMSGHDR.unpack_from
+        patch = _FLAGS_SEQ.pack_into
+        while i < stop:
+            msg = requests[i]
+            off = len(buf)
+            if off and off + len(msg) > MAX_DATAGRAM:
+                break
+            length, _mtype, mflags, _seq, _pid = hdr_unpack(msg, 0)
+            if length != len(msg):
+                self.fail(ValueError(f"request {i}: nlmsg_len {length} != {len(msg)} bytes"))
+                return
+            buf += msg
+            if length & 3:
+                buf += b"\0" * (4 - (length & 3))
+            patch(buf, off + 6, mflags | _REQ_ACK, seq)
+            seq += 1
+            i += 1
+        try:
+            self.sock.send(buf)
+        except OSError as exc:
+            self.fail(self._socket_error(exc.errno or errno_mod.EIO, f"send failed: {exc}"))
+            return
+        self.sent = i
+
+    def feed(self, buf: bytearray, n: int) -> None:
+        base, sent, errors = self.base, self.sent, self.errors
+        i32 = _I32.unpack_from
+        for mtype, mflags, seq, po, pe in wire.iter_headers(buf, 0, n):
+            if mtype != wire.NLMSG_ERROR:
+                continue
+            idx = seq - base
+            if 0 <= idx < sent and errors[idx] == _PENDING:
+                err = -i32(buf, po)[0]
+                errors[idx] = err
+                self.acked += 1
+                if err and mflags & wire.NLM_F_ACK_TLVS:
+                    _e, text = wire.parse_error(buf, po, pe, mflags)
+                    if text:
+                        self.messages[idx] = text
+        self.last_progress = self.loop.time()
+
+    def after_drain(self) -> None:
+        if self.future.done():
+            return
+        if self.acked >= self.n:
+            self.finish()
+        else:
+            self.fill()
+
+    def _socket_error(self, err: int, text: str) -> NetlinkSocketError:
+        exc = NetlinkSocketError(err, text + self.describe_pending(), what="netlink batch")
+        exc.results = list(self.errors)
+        return exc
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, NetlinkTimeoutError):
+            exc.results = list(self.errors)
+        super().fail(exc)
+
+    def socket_failed(self, exc: OSError) -> None:
+        what = (
+            "receive buffer overflow, acknowledgements lost"
+            if exc.errno == errno_mod.ENOBUFS
+            else str(exc)
+        )
+        self.fail(self._socket_error(exc.errno or errno_mod.EIO, what))
+
+
+class _DumpOp(_Op, Generic[T]):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float,
+        seq: int,
+        msg_type: int,
+        parse: Callable[[bytearray, int, int], T],
+    ) -> None:
+        super().__init__(loop, timeout)
+        self.seq = seq
+        self.msg_type = msg_type
+        self.parse = parse
+        self.records: list[T] = []
+        self.interrupted = False
+        self.error: tuple[int, str | None] | None = None
+
+    def feed(self, buf: bytearray, n: int) -> None:
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._feed(buf, n)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        self.last_progress = self.loop.time()
+
+    def _feed(self, buf: bytearray, n: int) -> None:
+        want_seq, want_type, parse, append = (
+            self.seq,
+            self.msg_type,
+            self.parse,
+            self.records.append,
+        )
+        for mtype, mflags, seq, po, pe in wire.iter_headers(buf, 0, n):
+            if seq != want_seq or self.future.done():
+                continue
+            if mflags & wire.NLM_F_DUMP_INTR:
+                self.interrupted = True
+            if mtype == want_type:
+                append(parse(buf, po, pe))
+            elif mtype == wire.NLMSG_DONE:
+                err, text = wire.parse_done(buf, po, pe, mflags)
+                if err:
+                    self.error = (err, text)
+                self.finish()
+            elif mtype == wire.NLMSG_ERROR:
+                err, text = wire.parse_error(buf, po, pe, mflags)
+                if err:
+                    self.error = (err, text)
+                self.finish()
+
+    def socket_failed(self, exc: OSError) -> None:
+        self.fail(NetlinkSocketError(exc.errno or errno_mod.EIO, str(exc), what="netlink dump"))
+
+
+# --- the socket --------------------------------------------------------------------------
+
+
+class RtnlBatchSocket:
+    """Batched rtnetlink requests and kernel-filtered dumps on one request socket.
+
+    Requests are complete netlink messages as ``bytes`` (build them with
+    :mod:`l3hostd.netlink.wire`, e.g. ``wire.route_add(...)``, ``wire.neigh_del(...)``);
+    their ``nlmsg_seq`` is replaced and ``NLM_F_REQUEST | NLM_F_ACK`` is set on sending.
+    """
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        rcvbuf: int = 8 << 20,
+        sndbuf: int = 4 << 20,
+    ) -> None:
+        if not 1 <= max_in_flight <= 4096:
+            raise ValueError("max_in_flight must be 1..4096")
+        self.netns = netns
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self._sock: socket.socket | None = open_netlink_socket(netns, rcvbuf=rcvbuf, sndbuf=sndbuf)
+        self._rbuf = bytearray(_RECV_BUFFER)
+        self._seq = 0
+        self._op: _Op | None = None
+        self._lock: asyncio.Lock | None = None
+
+    # -- lifecycle --
+
+    def fileno(self) -> int:
+        return self._socket().fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def close(self) -> None:
+        """Close the socket; an operation in progress fails with NetlinkSocketError."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        op, self._op = self._op, None
+        if op is not None:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                op.loop.remove_reader(sock.fileno())
+            op.fail(NetlinkSocketError(errno_mod.EBADF, "socket closed", what="netlink"))
+        sock.close()
+
+    async def __aenter__(self) -> RtnlBatchSocket:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __enter__(self) -> RtnlBatchSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- requests --
+
+    async def execute(
+        self, requests: Sequence[bytes], *, timeout: float | None = None
+    ) -> list[int]:
+        """Send ``requests`` (at most ``max_in_flight`` unacknowledged, many per datagram)
+        and return the errno of each, in input order (0 = success).
+
+        Raises :class:`NetlinkTimeoutError` if the kernel stops replying for ``timeout``
+        seconds and :class:`NetlinkSocketError` on a socket error; both carry ``results``
+        (errno per request, -1 = unknown)."""
+        errors, _messages = await self._execute(requests, timeout)
+        return errors
+
+    async def execute_detailed(
+        self, requests: Sequence[bytes], *, timeout: float | None = None
+    ) -> list[Result]:
+        """Like :meth:`execute`, with the kernel's extended-ACK message of each failure."""
+        errors, messages = await self._execute(requests, timeout)
+        return [Result(err, messages.get(i)) for i, err in enumerate(errors)]
+
+    async def _execute(
+        self, requests: Sequence[bytes], timeout: float | None
+    ) -> tuple[list[int], dict[int, str]]:
+        if not requests:
+            return [], {}
+        async with self._get_lock():
+            loop = asyncio.get_running_loop()
+            sock = self._socket()
+            op = _BatchOp(
+                loop,
+                self.timeout if timeout is None else timeout,
+                sock,
+                requests,
+                self._take_seqs(len(requests)),
+                self.max_in_flight,
+            )
+            await self._run(loop, sock, op, op.fill)
+            return op.errors, op.messages
+
+    # -- dumps --
+
+    async def dump_routes(
+        self, family: int, protocol: int, table: int | None = None, *, timeout: float | None = None
+    ) -> list[wire.RouteRecord]:
+        """Routes of ``family`` (AF_INET / AF_INET6) with ``rtm_protocol == protocol`` (0 =
+        any) in ``table`` (None = every table), filtered by the kernel. A table that does not
+        exist yields []."""
+        try:
+            return await self._dump(
+                lambda seq: wire.route_dump_request(
+                    family, protocol=protocol, table=table, seq=seq
+                ),
+                wire.RTM_NEWROUTE,
+                wire.parse_route,
+                timeout,
+            )
+        except NetlinkError as exc:
+            if table and exc.errno == errno_mod.ENOENT:  # "FIB table does not exist"
+                return []
+            raise
+
+    async def dump_neighbours(
+        self, family: int, ifindex: int | None = None, *, timeout: float | None = None
+    ) -> list[wire.NeighRecord]:
+        """Neighbour entries of ``family`` (AF_INET / AF_INET6 / AF_UNSPEC = both), only
+        those of ``ifindex`` if given (filtered by the kernel)."""
+        return await self._dump(
+            lambda seq: wire.neigh_dump_request(family, ifindex=ifindex, seq=seq),
+            wire.RTM_NEWNEIGH,
+            wire.parse_neigh,
+            timeout,
+        )
+
+    async def dump(
+        self,
+        request: Callable[[int], bytes],
+        msg_type: int,
+        parse: Callable[[bytearray, int, int], T],
+        *,
+        timeout: float | None = None,
+    ) -> list[T]:
+        """A generic dump: ``request(seq)`` builds the dump request, every reply message
+        of ``msg_type`` is converted with ``parse(buf, payload_offset, payload_end)``."""
+        return await self._dump(request, msg_type, parse, timeout)
+
+    async def _dump(
+        self,
+        request: Callable[[int], bytes],
+        msg_type: int,
+        parse: Callable[[bytearray, int, int], T],
+        timeout: float | None,
+    ) -> list[T]:
+        async with self._get_lock():
+            loop = asyncio.get_running_loop()
+            sock = self._socket()
+            for _attempt in range(_DUMP_RETRIES):
+                seq = self._take_seqs(1)
+                op: _DumpOp[T] = _DumpOp(
+                    loop, self.timeout if timeout is None else timeout, seq, msg_type, parse
+                )
+                msg = request(seq)
+
+                def start(op: _DumpOp[T] = op, msg: bytes = msg) -> None:
+                    try:
+                        sock.send(msg)
+                    except OSError as exc:
+                        op.socket_failed(exc)
+
+                await self._run(loop, sock, op, start)
+                if op.error is not None:
+                    raise NetlinkError(op.error[0], op.error[1], what="netlink dump")
+                if not op.interrupted:
+                    return op.records
+            raise NetlinkError(
+                errno_mod.EAGAIN,
+                f"dump interrupted by concurrent changes {_DUMP_RETRIES} times",
+                what="netlink dump",
+            )
+
+    # -- machinery --
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise NetlinkSocketError(errno_mod.EBADF, "socket closed", what="netlink")
+        return self._sock
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    def _take_seqs(self, n: int) -> int:
+        base = self._seq + 1
+        if base + n >= 1 << 32:
+            base = 1
+        self._seq = base + n - 1
+        return base
+
+    async def _run(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        op: _Op,
+        start: Callable[[], None],
+    ) -> None:
+        fd = sock.fileno()
+        self._op = op
+        loop.add_reader(fd, self._on_readable)
+        try:
+            start()
+            await op.future
+        finally:
+            if self._op is op:
+                self._op = None
+            if self._sock is sock:
+                loop.remove_reader(fd)
+            op.finish()  # cancels the timer if we were cancelled
+
+    def _on_readable(self) -> None:
+        sock, op = self._sock, self._op
+        if sock is None:
+            return
+        buf = self._rbuf
+        size = len(buf)
+        budget = _MAX_BYTES_PER_WAKEUP
+        recv_into = sock.recv_into
+        while budget > 0:
+            try:
+                n = recv_into(buf, size, socket.MSG_TRUNC)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if op is not None:
+                    op.socket_failed(exc)
+                return
+            if op is None or op.future.done():
+                continue  # stale replies of an earlier operation
+            if n > size:
+                op.fail(NetlinkSocketError(errno_mod.EMSGSIZE, f"datagram of {n} bytes truncated"))
+                return
+            try:
+                op.feed(buf, n)
+            except Exception as exc:  # malformed message: fail loudly, not hang
+                op.fail(exc)
+                return
+            budget -= n + 512
+        if op is not None:
+            op.after_drain()

@@ -1,0 +1,45 @@
+"""The port between the reconcilers and the kernel.
+
+:class:`Kernel` is what the reconcilers need from the kernel, nothing more: dump what we
+own, write a batch (deletes first, then adds; one errno per request, 0 for success). The
+real implementation is :class:`l3hostd.netlink.driver.NetlinkDriver`; unit tests use
+:class:`l3hostd.netlink.fake.FakeKernel`, an in-memory kernel with the same semantics
+(routes need an admin-up device, a device going down loses its routes, neighbours and IPv6
+addresses without any event, an exclusive add fails on any route with the same key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from l3hostd.model import HostRoute, Link, Neighbour, TapConfig
+
+
+class Kernel(Protocol):
+    async def dump_links(self) -> list[Link]: ...
+
+    async def dump_routes(self, protocol: int) -> list[HostRoute]:
+        """Every route with this ``rtm_protocol``, in every table, both families."""
+        ...
+
+    async def write_routes(
+        self, deletes: Sequence[HostRoute], adds: Sequence[HostRoute]
+    ) -> list[int]:
+        """Deletes match on protocol (never remove a foreign route); adds are exclusive
+        (never replace a foreign route)."""
+        ...
+
+    async def dump_neighbours(self, ifindexes: Collection[int]) -> list[Neighbour]:
+        """Permanent neighbour entries on these interfaces."""
+        ...
+
+    async def write_neighbours(
+        self, deletes: Sequence[Neighbour], adds: Sequence[Neighbour]
+    ) -> list[int]: ...
+
+    async def dump_tap_configs(self, taps: Collection[TapConfig]) -> list[TapConfig]:
+        """Those of ``taps`` whose sysctls and gateway address are already right."""
+        ...
+
+    async def write_tap_configs(self, taps: Sequence[TapConfig]) -> list[int]: ...

@@ -1,0 +1,33 @@
+"""Neighbour reconciler: ``<vm ip> lladdr <vm mac> dev <tap> nud permanent``.
+
+The host never has to ARP/ND for a VM it routes to: the entry is permanent. Ours are the
+permanent entries on managed TAPs (interfaces matching ``interface_patterns``); entries on
+other devices, and dynamic entries, are not read, so never swept. Adds use NLM_F_REPLACE:
+on a managed TAP a learnt (dynamic) entry for a VM address is ours to overwrite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+
+from l3hostd.model import Neighbour, NeighbourKey
+from l3hostd.netlink.kernel import Kernel
+from l3hostd.reconcile import Reconciler
+
+
+class NeighbourReconciler(Reconciler[NeighbourKey, Neighbour]):
+    name = "neighbours"
+
+    def __init__(self, kernel: Kernel, managed_ifindexes: Callable[[], Collection[int]]) -> None:
+        super().__init__()
+        self._kernel = kernel
+        self._managed = managed_ifindexes
+
+    async def _dump(self) -> dict[NeighbourKey, Neighbour]:
+        return {n.key: n for n in await self._kernel.dump_neighbours(self._managed())}
+
+    async def _write(self, deletes: Sequence[Neighbour], adds: Sequence[Neighbour]) -> list[int]:
+        return await self._kernel.write_neighbours(deletes, adds)
+
+    def forget_ifindex(self, ifindex: int) -> None:
+        self.forget_observed([k for k in self.observed if k.ifindex == ifindex])

@@ -1,0 +1,232 @@
+"""Reconcilers: desired vs observed state of one kind of kernel object, and the delta between.
+
+Felix's dataplane doctrine and BIRD's krt.c, in one small generic class:
+
+* ``set_desired(key, value)`` is cheap and does no IO: it records the wish and marks the
+  key dirty when it differs from what was last observed in the kernel.
+* ``apply(phase)`` is the only method doing IO. It writes only dirty keys, in one batch,
+  and records the outcome as the new observed state. A second apply with nothing dirty
+  writes nothing.
+* ``resync()`` re-reads every object *we own* from the kernel (mark-and-sweep): everything
+  becomes dirty, so objects that are right are left alone, objects that differ are fixed,
+  and objects that are ours but no longer desired are deleted. Objects that are not ours
+  are never part of ``observed`` and therefore never touched. A reconciler starts with a
+  resync pending, so nothing is written before the first full read of the kernel.
+* Removals and additions run in separate phases so that the daemon can order them across
+  reconcilers (add: firewall, tap config, neighbours, routes; remove: the reverse).
+* A key that fails stays dirty and is retried with exponential backoff (0.1 s .. 30 s).
+
+Subclasses implement ``_dump`` (read our objects from the kernel) and ``_write`` (apply
+deletes then adds in one batch, returning an errno per request).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import errno
+import logging
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+log = logging.getLogger("l3hostd.reconcile")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 30.0
+
+#: errnos that mean "already gone" for a delete: not an error.
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
+
+
+class Phase(enum.Enum):
+    REMOVE = "remove"
+    ADD = "add"
+
+
+@dataclass(slots=True)
+class ReconcilerStats:
+    applies: int = 0
+    writes: int = 0
+    errors: int = 0
+    resyncs: int = 0
+    last_apply_seconds: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(slots=True)
+class _Retry:
+    attempts: int
+    not_before: float
+
+
+class Reconciler(abc.ABC, Generic[K, V]):
+    """Desired vs observed for one object kind; see the module docstring."""
+
+    name: str = "reconciler"
+
+    def __init__(self) -> None:
+        self.desired: dict[K, V] = {}
+        self.observed: dict[K, V] = {}
+        self._dirty: set[K] = set()
+        self._retry: dict[K, _Retry] = {}
+        self._resync_pending = True
+        self.in_sync = False  # True after the first successful resync
+        self._observed_changed: set[K] = set()
+        self.stats = ReconcilerStats()
+
+    # ---- cheap, no IO -------------------------------------------------------------------
+
+    def set_desired(self, key: K, value: V | None) -> None:
+        old = self.desired.get(key)
+        if value is None:
+            if old is None:
+                return
+            del self.desired[key]
+        else:
+            if old == value:
+                return
+            self.desired[key] = value
+        self._dirty.add(key)
+        self._retry.pop(key, None)
+
+    def forget_observed(self, keys: Iterable[K]) -> None:
+        """The kernel removed these objects without telling (e.g. a device went down):
+        drop them from observed so that they are re-created when desired again."""
+        for key in keys:
+            if self.observed.pop(key, None) is not None:
+                self._dirty.add(key)
+                self._observed_changed.add(key)
+
+    def queue_resync(self) -> None:
+        self._resync_pending = True
+
+    @property
+    def resync_pending(self) -> bool:
+        return self._resync_pending
+
+    def pending(self, now: float) -> bool:
+        """Is there work that may be done now?"""
+        if self._resync_pending:
+            return True
+        return any(k not in self._retry or self._retry[k].not_before <= now for k in self._dirty)
+
+    def next_retry(self) -> float | None:
+        """Earliest deadline of a key waiting for its backoff, if any."""
+        if not self._retry:
+            return None
+        return min(r.not_before for r in self._retry.values())
+
+    def take_observed_changes(self) -> set[K]:
+        """Keys whose observed (installed) value changed since the last call."""
+        changed, self._observed_changed = self._observed_changed, set()
+        return changed
+
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    # ---- IO --------------------------------------------------------------------------------
+
+    async def resync(self) -> None:
+        """Mark-and-sweep: re-read what we own; every key is then dirty."""
+        observed = await self._dump()
+        self._observed_changed.update(k for k, v in self.observed.items() if observed.get(k) != v)
+        self._observed_changed.update(k for k, v in observed.items() if self.observed.get(k) != v)
+        self.observed = observed
+        self._dirty.update(observed)
+        self._dirty.update(self.desired)
+        self._resync_pending = False
+        self.in_sync = True
+        self.stats.resyncs += 1
+
+    async def apply(self, phase: Phase, now: float) -> int:
+        """Write the dirty keys of this phase; return how many requests were written."""
+        deletes: list[tuple[K, V]] = []
+        adds: list[tuple[K, V]] = []
+        clean: list[K] = []
+        for key in self._dirty:
+            retry = self._retry.get(key)
+            if retry is not None and retry.not_before > now:
+                continue
+            want = self.desired.get(key)
+            have = self.observed.get(key)
+            if want is None:
+                if phase is Phase.REMOVE:
+                    if have is None:
+                        clean.append(key)
+                    else:
+                        deletes.append((key, have))
+            elif phase is Phase.ADD:
+                if have is not None and self._same(want, have):
+                    clean.append(key)
+                else:
+                    if have is not None:
+                        deletes.append((key, have))
+                    adds.append((key, want))
+        for key in clean:
+            self._dirty.discard(key)
+            self._retry.pop(key, None)
+        if not deletes and not adds:
+            return 0
+        self.stats.applies += 1
+        errnos = await self._write([v for _, v in deletes], [v for _, v in adds])
+        self.stats.writes += len(errnos)
+        failed: dict[K, int] = {}
+        for (key, _), err in zip(deletes, errnos[: len(deletes)], strict=True):
+            if err == 0 or err in GONE_ERRNOS:
+                self.observed.pop(key, None)
+                self._observed_changed.add(key)
+            else:
+                failed[key] = err
+        for (key, value), err in zip(adds, errnos[len(deletes) :], strict=True):
+            if err == 0:
+                self.observed[key] = value
+                self._observed_changed.add(key)
+            elif key not in failed:
+                failed[key] = err
+        for key, _ in (*deletes, *adds):
+            if key in failed:
+                self._fail(key, failed[key], now)
+            else:
+                self._dirty.discard(key)
+                self._retry.pop(key, None)
+        return len(errnos)
+
+    def _fail(self, key: K, err: int, now: float) -> None:
+        retry = self._retry.get(key)
+        attempts = 1 if retry is None else retry.attempts + 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** (attempts - 1)))
+        self._retry[key] = _Retry(attempts, now + delay)
+        self.stats.errors += 1
+        self.stats.last_error = f"{key}: {errno.errorcode.get(err, str(err))}"
+        level = logging.WARNING if attempts in (1, 5) or attempts % 20 == 0 else logging.DEBUG
+        log.log(
+            level,
+            "%s: writing %s failed: %s (attempt %d, retry in %.1fs)",
+            self.name,
+            key,
+            errno.errorcode.get(err, str(err)),
+            attempts,
+            delay,
+        )
+        if err == errno.EEXIST:
+            # Someone else's object occupies the key, or ours was changed behind our back:
+            # re-read the kernel before the retry (never overwrite a foreign object).
+            self._resync_pending = True
+
+    # ---- subclass hooks ----------------------------------------------------------------------
+
+    def _same(self, desired: V, observed: V) -> bool:
+        return desired == observed
+
+    @abc.abstractmethod
+    async def _dump(self) -> dict[K, V]:
+        """Read every object we own from the kernel."""
+
+    @abc.abstractmethod
+    async def _write(self, deletes: Sequence[V], adds: Sequence[V]) -> list[int]:
+        """Delete then add, in one batch; return one errno per request (0 = done)."""

@@ -1,0 +1,231 @@
+"""Reconcilers and the apply pass against the in-memory kernel (no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from ipaddress import ip_address, ip_network
+
+from l3hostd.calc import DataplaneSettings
+from l3hostd.dataplane import Dataplane
+from l3hostd.model import RTPROT_L3HOSTD, Endpoint, HostRoute, RouteKey
+from l3hostd.netlink.fake import FakeKernel
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ep(eid: str, iface: str, *ips: str) -> Endpoint:
+    return Endpoint(eid, iface, "fa:16:3e:00:00:01", tuple(ip_address(i) for i in ips))
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def make(kernel: FakeKernel, clock: Clock | None = None) -> Dataplane:
+    return Dataplane(kernel, DataplaneSettings(), clock or Clock())
+
+
+async def start(dp: Dataplane, kernel: FakeKernel, *endpoints: Endpoint) -> None:
+    dp.on_endpoints({e.id: e for e in endpoints}, ())
+    dp.on_links(await kernel.dump_links())
+    dp.set_ready()
+    await dp.apply_once()
+
+
+def test_first_pass_installs_and_second_pass_writes_nothing() -> None:
+    k = FakeKernel()
+    k.add_link("tapa")
+    dp = make(k)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1", "2001:db8::1"))
+        assert {str(r.dst) for r in k.routes.values()} == {"10.0.0.1/32", "2001:db8::1/128"}
+        assert len(k.neighbours) == 2 and len(k.tap_configured) == 1
+        assert dp.synced.is_set()
+        k.clear_writes()
+        assert await dp.apply_once() == 0
+        dp.request_resync()
+        assert await dp.apply_once() == 0
+        assert k.writes == []
+
+    run(go())
+
+
+def test_nothing_is_written_before_ready() -> None:
+    k = FakeKernel()
+    k.add_link("tapa")
+    dp = make(k)
+
+    async def go() -> None:
+        dp.on_endpoints({"a": ep("a", "tapa", "10.0.0.1")}, ())
+        dp.on_links(await k.dump_links())
+        task = asyncio.create_task(dp.run())
+        await asyncio.sleep(0.01)
+        assert k.writes == []
+        dp.set_ready()
+        await asyncio.wait_for(dp.synced.wait(), 1)
+        assert len(k.routes) == 1
+        task.cancel()
+
+    run(go())
+
+
+def test_foreign_route_to_same_prefix_is_left_alone() -> None:
+    k = FakeKernel()
+    tap = k.add_link("tapa")
+    foreign = HostRoute(ip_network("10.0.0.1/32"), tap.ifindex, protocol=4)  # proto static
+    k.routes[foreign.key] = foreign
+    dp = make(k)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"))
+        assert k.routes[foreign.key] == foreign  # untouched
+        assert not [w for w in k.writes if w.op == "route-del"]
+        assert dp.routes.stats.errors == 1  # the exclusive add failed: EEXIST, noted
+        # and the stale-sweep of a resync never deletes it either
+        dp.on_endpoints({}, ["a"])
+        dp.request_resync()
+        await dp.apply_once()
+        assert k.routes[foreign.key] == foreign
+
+    run(go())
+
+
+def test_stale_route_of_ours_is_deleted_after_resync_and_right_ones_kept() -> None:
+    k = FakeKernel()
+    tap = k.add_link("tapa")
+    right = HostRoute(ip_network("10.0.0.1/32"), tap.ifindex)
+    stale = HostRoute(ip_network("10.0.0.99/32"), tap.ifindex)
+    k.routes = {right.key: right, stale.key: stale}
+    dp = make(k)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"))
+        assert set(k.routes) == {right.key}
+        routes_written = [w for w in k.writes if w.op.startswith("route")]
+        assert [(w.op, w.obj) for w in routes_written] == [("route-del", stale)]
+
+    run(go())
+
+
+def test_wrong_route_of_ours_is_replaced() -> None:
+    k = FakeKernel()
+    tap = k.add_link("tapa")
+    other = k.add_link("tapb")
+    wrong = HostRoute(ip_network("10.0.0.1/32"), other.ifindex)
+    k.routes = {wrong.key: wrong}
+    dp = make(k)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"))
+        assert k.routes[wrong.key].ifindex == tap.ifindex
+
+    run(go())
+
+
+def test_link_down_up_reinstalls_routes_the_kernel_flushed_silently() -> None:
+    k = FakeKernel()
+    tap = k.add_link("tapa")
+    dp = make(k)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"))
+        dp.on_link(k.set_link_up(tap.ifindex, False))
+        await dp.apply_once()
+        assert not k.routes
+        dp.on_link(k.set_link_up(tap.ifindex, True))
+        await dp.apply_once()
+        assert len(k.routes) == 1 and len(k.neighbours) == 1
+        assert tap.ifindex in k.tap_configured
+
+    run(go())
+
+
+def test_removed_tap_and_removed_endpoint() -> None:
+    k = FakeKernel()
+    a = k.add_link("tapa")
+    k.add_link("tapb")
+    dp = make(k)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"), ep("b", "tapb", "10.0.0.2"))
+        k.del_link(a.ifindex)
+        dp.on_link_removed(a.ifindex)
+        k.clear_writes()
+        await dp.apply_once()
+        assert k.writes == []  # the kernel already dropped them; nothing to write
+        assert [str(r.dst) for r in dp.routes.observed.values()] == ["10.0.0.2/32"]
+        dp.on_endpoints({}, ["b"])
+        await dp.apply_once()
+        assert not k.routes and not k.neighbours
+
+    run(go())
+
+
+def test_failed_write_is_retried_with_backoff() -> None:
+    k = FakeKernel()
+    k.add_link("tapa")
+    clock = Clock()
+    dp = make(k, clock)
+
+    async def go() -> None:
+        k.fail_next["route-add"] = errno.ENOMEM
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"))
+        assert not k.routes
+        assert not dp.routes.pending(clock.now)  # waiting for its backoff
+        retry_at = dp.routes.next_retry()
+        assert retry_at is not None and retry_at > clock.now
+        clock.now = retry_at
+        assert dp.routes.pending(clock.now)
+        await dp.apply_once()
+        assert len(k.routes) == 1
+
+    run(go())
+
+
+def test_route_listener_sees_only_installed_routes() -> None:
+    k = FakeKernel()
+    k.add_link("tapa")
+    dp = make(k)
+    seen: list[tuple[set[str], set[str]]] = []
+    dp.route_listeners.append(
+        lambda added, removed: seen.append(
+            ({str(r.dst) for r in added.values()}, {str(key.dst) for key in removed})
+        )
+    )
+
+    async def go() -> None:
+        k.fail_next["route-add"] = errno.ENOMEM
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"))
+        assert seen == []
+        dp.on_endpoints({}, ["a"])
+        await dp.apply_once()
+        assert seen == []
+
+    run(go())
+
+
+def test_adoption_after_restart_writes_nothing() -> None:
+    k = FakeKernel()
+    k.add_link("tapa")
+    k.add_link("tapb")
+    eps = (ep("a", "tapa", "10.0.0.1", "2001:db8::1"), ep("b", "tapb", "10.0.0.2"))
+
+    async def go() -> None:
+        await start(make(k), k, *eps)
+        k.clear_writes()
+        dp2 = Dataplane(k, DataplaneSettings(), Clock())  # "restart": a fresh daemon
+        await start(dp2, k, *eps)
+        assert k.writes == []
+        assert len(dp2.routes.observed) == 3
+
+    run(go())
+    assert RouteKey(254, ip_network("10.0.0.1/32")) in k.routes
+    assert all(r.protocol == RTPROT_L3HOSTD for r in k.routes.values())
