@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 DEFAULT_CONFIG = "/etc/l3hostd/l3hostd.yaml"
@@ -26,8 +27,14 @@ def _run(config_path: str) -> int:
             print(line, file=sys.stderr)
         return 2
     logs.setup(config.logging.level, config.logging.format)
+    profile_to = os.environ.get("L3HOSTD_PROFILE")  # developer aid: cProfile to this file
     try:
-        uvloop.run(Daemon(config).run())
+        if profile_to:
+            import cProfile
+
+            cProfile.runctx("uvloop.run(Daemon(config).run())", globals(), locals(), profile_to)
+        else:
+            uvloop.run(Daemon(config).run())
     except KeyboardInterrupt:
         pass
     except Exception:

@@ -7,11 +7,12 @@ loop. The loop runs one *pass* at once when woken; whatever arrives while a pass
 writing is picked up by the next pass, so bursts coalesce by themselves and an isolated
 change is applied without any timer delay.
 
-A pass: resync the reconcilers that asked for it; removals in reverse order (routes, then
-neighbours, then TAP config); additions in order (TAP config, neighbours, routes). The
-firewall reconciler (a later issue) goes first in that order, and the BGP announcement
-follows the routes: listeners are told which routes are *observed installed* after each
-pass, never before the kernel confirmed them.
+A pass: resync the reconcilers that asked for it; additions in the order routes,
+neighbours, TAP config (proxy-ARP sysctls, IPv6 gateway) -- DESIGN.md's "route, neighbour
+and proxy-ARP"; removals in the reverse order. The firewall reconciler (a later issue)
+goes first in that order, and the BGP announcement follows the whole pass: listeners are
+told which routes are *observed installed* after each pass, never before the kernel
+confirmed them.
 
 Nothing is written before :meth:`Dataplane.set_ready` (the endpoint directory has been
 read and the links dumped) and every reconciler starts with a resync pending, so the first
@@ -64,7 +65,10 @@ class Dataplane:
         self.tapconfig = TapConfigReconciler(kernel, lambda: list(self.tapconfig.desired.values()))
         self.neighbours = NeighbourReconciler(kernel, lambda: set(self.state.links))
         self.routes = RouteReconciler(kernel)
-        self.reconcilers: tuple[Reconciler, ...] = (self.tapconfig, self.neighbours, self.routes)  # type: ignore[type-arg]
+        # Addition order (removal is the reverse). The host route goes first: it is what makes
+        # the VM reachable, so it is on the shortest path from a TAP event; the firewall
+        # (a later issue) will go before it, the BGP announcement after the whole pass.
+        self.reconcilers: tuple[Reconciler, ...] = (self.routes, self.neighbours, self.tapconfig)  # type: ignore[type-arg]
         self._clock = clock
         self._wake = asyncio.Event()
         self._ready = False
@@ -81,6 +85,8 @@ class Dataplane:
             self._absorb(self.state.upsert_endpoint(ep))
 
     def on_link(self, link: Link) -> None:
+        log.debug("link %d %s up=%s carrier=%s", link.ifindex, link.ifname, link.admin_up,
+                  link.lower_up)
         old = self.state.links.get(link.ifindex)
         if old is not None and old.admin_up and not link.admin_up:
             self._forget(link.ifindex)
@@ -158,6 +164,8 @@ class Dataplane:
         for r in self.reconcilers:
             written += await r.apply(Phase.ADD, now)
         elapsed = self._clock() - started
+        if written and log.isEnabledFor(logging.DEBUG):
+            log.debug("pass: %d requests in %.2f ms", written, elapsed * 1000)
         self.stats.passes += 1
         self.stats.last_pass_seconds = elapsed
         self.stats.total_pass_seconds += elapsed

@@ -236,12 +236,12 @@ class Hypervisor:
         config.update(extra or {})
         self.config_path.write_text(yaml.safe_dump(config))
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         if not self.config_path.exists():
             self.write_config()
         self.proc = self.lab.start(
             self.ns, l3hostd_command("run", "--config", str(self.config_path)),
-            f"{self.role}.log",
+            f"{self.role}.log", env=env,
         )
         return self.proc
 

@@ -34,3 +34,5 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pyroute2 logs every netlink message at DEBUG: never useful to an operator.
+    logging.getLogger("pyroute2").setLevel(max(logging.WARNING, root.level))

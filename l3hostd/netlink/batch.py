@@ -57,7 +57,6 @@ from l3hostd.netlink import wire
 T = TypeVar("T")
 
 SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
@@ -71,10 +70,14 @@ MAX_DATAGRAM = 64 * 1024
 _RECV_BUFFER = 256 * 1024
 # Work per reader wake-up before yielding back to the loop (a 100k-route dump would
 # otherwise be parsed in one callback).
-_MAX_BYTES_PER_WAKEUP = 512 * 1024
+_MAX_BYTES_PER_WAKEUP = 128 * 1024
 _DUMP_RETRIES = 3
 
-_PENDING = -1
+#: ``results`` of a failed batch: sent, but no ACK (the kernel may have applied it).
+RESULT_UNKNOWN = -1
+#: ``results`` of a failed batch: never sent (certainly not applied).
+RESULT_NOT_SENT = -2
+_PENDING = RESULT_UNKNOWN
 _FLAGS_SEQ = struct.Struct("=HI")  # nlmsg_flags (offset 6) + nlmsg_seq (offset 8)
 _I32 = struct.Struct("=i")
 _REQ_ACK = wire.NLM_F_REQUEST | wire.NLM_F_ACK
@@ -94,7 +97,8 @@ class NetlinkError(OSError):
 class NetlinkSocketError(NetlinkError):
     """The socket failed during an operation (e.g. ENOBUFS: acknowledgements were lost;
     the kernel may have applied requests whose result is unknown). ``results`` holds the
-    errno per request known so far, -1 where unknown (batch operations only)."""
+    errno per request known so far, RESULT_UNKNOWN (-1) for a request sent without a known
+    outcome, RESULT_NOT_SENT (-2) for one never sent (batch operations only)."""
 
     def __init__(self, err: int, message: str | None = None, *, what: str = "netlink") -> None:
         super().__init__(err, message, what=what)
@@ -212,8 +216,9 @@ class _Op:
     def after_drain(self) -> None:
         """Called once the reader has drained what was queued (or reached its budget)."""
 
-    def socket_failed(self, exc: OSError) -> None:
-        """The socket reported an error (recv/send): fail the operation."""
+    def socket_failed(self, exc: OSError) -> bool:
+        """The socket reported an error (recv/send). Fail the operation, or return True to
+        have the reader keep draining what is queued first."""
         raise NotImplementedError
 
     def describe_pending(self) -> str:
@@ -265,10 +270,11 @@ class _BatchOp(_Op):
         self.n = len(requests)
         self.base = base_seq
         self.max_in_flight = max_in_flight
-        self.errors: list[int] = [_PENDING] * self.n
+        self.errors: list[int] = [RESULT_NOT_SENT] * self.n
         self.messages: dict[int, str] = {}
         self.sent = 0
         self.acked = 0
+        self.overflow: OSError | None = None
 
     def describe_pending(self) -> str:
         return f"; {self.n - self.acked} of {self.n} requests unacknowledged"
@@ -291,9 +297,12 @@ class _BatchOp(_Op):
             off = len(buf)
             if off and off + len(msg) > MAX_DATAGRAM:
                 break
-            length, _mtype, mflags, _seq, _pid = hdr_unpack(msg, 0)
+            length, mtype, mflags, _seq, _pid = hdr_unpack(msg, 0)
             if length != len(msg):
                 self.fail(ValueError(f"request {i}: nlmsg_len {length} != {len(msg)} bytes"))
+                return
+            if mflags & wire.NLM_F_DUMP and mtype & 3 == 2:  # RTM_GET* with NLM_F_DUMP
+                self.fail(ValueError(f"request {i} is a dump request: use dump()"))
                 return
             buf += msg
             if length & 3:
@@ -306,6 +315,7 @@ class _BatchOp(_Op):
         except OSError as exc:
             self.fail(self._socket_error(exc.errno or errno_mod.EIO, f"send failed: {exc}"))
             return
+        self.errors[start:i] = [_PENDING] * (i - start)
         self.sent = i
 
     def feed(self, buf: bytearray, n: int) -> None:
@@ -328,7 +338,10 @@ class _BatchOp(_Op):
     def after_drain(self) -> None:
         if self.future.done():
             return
-        if self.acked >= self.n:
+        if self.overflow is not None:
+            err = self.overflow.errno or errno_mod.ENOBUFS
+            self.fail(self._socket_error(err, "receive buffer overflow, acknowledgements lost"))
+        elif self.acked >= self.n:
             self.finish()
         else:
             self.fill()
@@ -343,13 +356,14 @@ class _BatchOp(_Op):
             exc.results = list(self.errors)
         super().fail(exc)
 
-    def socket_failed(self, exc: OSError) -> None:
-        what = (
-            "receive buffer overflow, acknowledgements lost"
-            if exc.errno == errno_mod.ENOBUFS
-            else str(exc)
-        )
-        self.fail(self._socket_error(exc.errno or errno_mod.EIO, what))
+    def socket_failed(self, exc: OSError) -> bool:
+        if exc.errno == errno_mod.ENOBUFS and not self.future.done():
+            # ACKs were dropped; the ones still queued are valid: collect them, then fail
+            # (after_drain) with the results that are known.
+            self.overflow = exc
+            return True
+        self.fail(self._socket_error(exc.errno or errno_mod.EIO, str(exc)))
+        return False
 
 
 class _DumpOp(_Op, Generic[T]):
@@ -404,8 +418,9 @@ class _DumpOp(_Op, Generic[T]):
                     self.error = (err, text)
                 self.finish()
 
-    def socket_failed(self, exc: OSError) -> None:
+    def socket_failed(self, exc: OSError) -> bool:
         self.fail(NetlinkSocketError(exc.errno or errno_mod.EIO, str(exc), what="netlink dump"))
+        return False
 
 
 # --- the socket --------------------------------------------------------------------------
@@ -438,6 +453,7 @@ class RtnlBatchSocket:
         self._seq = 0
         self._op: _Op | None = None
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle --
 
@@ -482,7 +498,7 @@ class RtnlBatchSocket:
 
         Raises :class:`NetlinkTimeoutError` if the kernel stops replying for ``timeout``
         seconds and :class:`NetlinkSocketError` on a socket error; both carry ``results``
-        (errno per request, -1 = unknown)."""
+        (errno per request; RESULT_UNKNOWN = -1, RESULT_NOT_SENT = -2)."""
         errors, _messages = await self._execute(requests, timeout)
         return errors
 
@@ -546,6 +562,18 @@ class RtnlBatchSocket:
             timeout,
         )
 
+    async def dump_addresses(
+        self, family: int, ifindex: int | None = None, *, timeout: float | None = None
+    ) -> list[wire.AddrRecord]:
+        """Interface addresses of ``family`` (AF_UNSPEC = both), only those of ``ifindex``
+        if given (filtered by the kernel)."""
+        return await self._dump(
+            lambda seq: wire.addr_dump_request(family, ifindex=ifindex, seq=seq),
+            wire.RTM_NEWADDR,
+            wire.parse_addr,
+            timeout,
+        )
+
     async def dump(
         self,
         request: Callable[[int], bytes],
@@ -600,8 +628,10 @@ class RtnlBatchSocket:
         return self._sock
 
     def _get_lock(self) -> asyncio.Lock:
-        if self._lock is None:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:  # first use, or a new loop
             self._lock = asyncio.Lock()
+            self._lock_loop = loop
         return self._lock
 
     def _take_seqs(self, n: int) -> int:
@@ -619,6 +649,7 @@ class RtnlBatchSocket:
         start: Callable[[], None],
     ) -> None:
         fd = sock.fileno()
+        self._drain_stale(sock)
         self._op = op
         loop.add_reader(fd, self._on_readable)
         try:
@@ -630,6 +661,21 @@ class RtnlBatchSocket:
             if self._sock is sock:
                 loop.remove_reader(fd)
             op.finish()  # cancels the timer if we were cancelled
+
+    def _drain_stale(self, sock: socket.socket) -> None:
+        """Discard what an earlier, failed operation left queued (late ACKs, the rest of
+        an abandoned dump) and a pending socket error. After an overflow the kernel
+        reports ENOBUFS once and then drops further replies *silently* until the receive
+        queue has been emptied, so a new operation must start from an empty queue."""
+        buf, size = self._rbuf, len(self._rbuf)
+        while True:
+            try:
+                sock.recv_into(buf, size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno != errno_mod.ENOBUFS:
+                    raise
 
     def _on_readable(self) -> None:
         sock, op = self._sock, self._op
@@ -645,9 +691,10 @@ class RtnlBatchSocket:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if op is not None:
-                    op.socket_failed(exc)
+                if op is not None and op.socket_failed(exc):
+                    continue
                 return
+            budget -= n + 512
             if op is None or op.future.done():
                 continue  # stale replies of an earlier operation
             if n > size:
@@ -658,6 +705,5 @@ class RtnlBatchSocket:
             except Exception as exc:  # malformed message: fail loudly, not hang
                 op.fail(exc)
                 return
-            budget -= n + 512
         if op is not None:
             op.after_drain()

@@ -11,7 +11,8 @@ keeps it). When the kernel drops messages (ENOBUFS: the buffer overflowed, e.g. 
 TAPs created at once) ``on_overflow`` is called and the daemon re-dumps all links and
 resyncs: events are hints, the dump is the truth.
 
-The socket is driven with ``loop.add_reader`` and works on uvloop.
+The socket is driven with ``loop.add_reader`` (uvloop-safe) and its messages are decoded by
+``wire.parse_link`` (~5 us each).
 """
 
 from __future__ import annotations

@@ -32,8 +32,10 @@ def boot(lab: Lab, vms: int = 2) -> tuple[Hypervisor, list[Vm]]:
 
 def test_vms_reach_each_other_and_the_host_over_ipv4_and_ipv6(lab: Lab) -> None:
     hv, (vm1, vm2) = boot(lab)
-    assert f"{vm2.ipv4} dev {vm2.tap} proto l3hostd scope link" in hv.routes("-4")
-    assert any(r.startswith(f"{vm2.ipv6} dev {vm2.tap} proto l3hostd") for r in hv.routes("-6"))
+    shown = hv.ns.ip("route", "show", f"{vm2.ipv4}/32").stdout
+    assert f"{vm2.ipv4} dev {vm2.tap} proto l3hostd scope link" in shown
+    shown = hv.ns.ip("-6", "route", "show", f"{vm2.ipv6}/128").stdout
+    assert f"{vm2.ipv6} dev {vm2.tap} proto l3hostd" in shown
     neigh = hv.ns.ip("neigh", "show", "dev", vm1.tap, "nud", "permanent").stdout
     assert f"{vm1.ipv4} lladdr {vm1.mac} PERMANENT" in neigh
     assert vm1.ns.ping(vm2.ipv4), "vm1 -> vm2 over IPv4"

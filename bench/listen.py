@@ -1,0 +1,85 @@
+"""Netlink event timestamper, run inside a namespace by the benchmarks.
+
+Prints one line per event: ``up <ifname> <t>`` (first RTM_NEWLINK with IFF_UP and
+IFF_LOWER_UP), ``add <dst> <proto> <t>`` / ``del <dst> <proto> <t>`` for routes, with
+``t = time.monotonic()`` at receipt. A process of its own (not a thread of the bench) so
+that its timestamps never wait for another thread's GIL; CLOCK_MONOTONIC is shared by all
+processes, so the bench can compare them with its own.
+
+Usage: ``ip netns exec NS python -m bench.listen [--protocols 44,45]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import struct
+import sys
+import time
+
+from l3hostd.netlink import wire
+
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE = 1, 7, 11
+IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+IFLA_IFNAME = 3
+RTM_NEWLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 24, 25
+
+
+def ifname(payload: bytes) -> str | None:
+    off = 16
+    while off + 4 <= len(payload):
+        length, kind = struct.unpack_from("=HH", payload, off)
+        if length < 4:
+            return None
+        if kind == IFLA_IFNAME:
+            return payload[off + 4 : off + length].split(b"\0")[0].decode()
+        off += (length + 3) & ~3
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--protocols", default="44,45")
+    args = parser.parse_args()
+    protocols = {int(p) for p in args.protocols.split(",")}
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
+    sock.bind((0, 0))
+    for group in (RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE):
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    seen_up: set[str] = set()
+    out = sys.stdout
+    print("ready", flush=True)
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except OSError as exc:
+            print(f"overflow {exc.errno} {time.monotonic()}", file=out, flush=True)
+            continue
+        now = time.monotonic()
+        lines = []
+        for msg in wire.split_messages(data):
+            if msg.type == RTM_NEWLINK:
+                flags = struct.unpack_from("=BxHiII", msg.payload)[3]
+                name = ifname(msg.payload)
+                if name and flags & IFF_UP and flags & IFF_LOWER_UP:
+                    if name not in seen_up:
+                        seen_up.add(name)
+                        lines.append(f"up {name} {now}")
+                elif name:
+                    seen_up.discard(name)
+            elif msg.type in (RTM_NEWROUTE, RTM_DELROUTE):
+                full = struct.pack("=IHHII", 16 + len(msg.payload), msg.type, 0, 0, 0)
+                rec = wire.parse_route(full + msg.payload, 16)
+                if rec.protocol in protocols:
+                    kind = "add" if msg.type == RTM_NEWROUTE else "del"
+                    lines.append(f"{kind} {rec.dst} {rec.protocol} {now}")
+        if lines:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+
+
+if __name__ == "__main__":
+    main()
