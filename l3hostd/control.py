@@ -34,6 +34,8 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "endpoints": {s.value: n for s, n in sorted(dp.count_states().items(), key=str)},
         "endpoint_file_errors": dict(sorted(daemon.source.errors.items())),
         "host_routes_installed": len(dp.routes.observed),
+        "learned_routes_installed": len(daemon.bgp.learned.observed) if daemon.bgp else 0,
+        "exported_prefixes": len(daemon.bgp.exports) if daemon.bgp else 0,
         "neighbours_installed": len(dp.neighbours.observed),
         "passes": dp.stats.passes,
         "link_events": daemon.monitor.events,
@@ -63,8 +65,13 @@ def routes(daemon: Daemon) -> list[dict[str, Any]]:
     ]
 
 
+def peers(daemon: Daemon) -> list[dict[str, Any]]:
+    return daemon.bgp.peer_rows() if daemon.bgp is not None else []
+
+
 HANDLERS = {
     "status": status,
+    "peers": peers,
     "endpoints": lambda d: d.dataplane.endpoint_rows(),
     "routes": routes,
 }

@@ -40,6 +40,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def render(what: str, data: Any) -> str:
     if what == "endpoints":
         return _table(data, ["interface", "state", "ips", "routes_installed", "id", "reason"])
+    if what == "peers":
+        return _table(data, ["name", "address", "asn", "state", "since", "prefixes_received",
+                             "prefixes_sent", "flaps", "last_error"])
     if what == "routes":
         return _table(data, ["dst", "ifindex", "table", "proto"])
     return json.dumps(data, indent=2)
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", default=DEFAULT_SOCKET)
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show")
-    show.add_argument("what", choices=["status", "endpoints", "routes"])
+    show.add_argument("what", choices=["status", "peers", "endpoints", "routes"])
     show.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:

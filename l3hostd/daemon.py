@@ -28,10 +28,12 @@ import signal
 import time
 
 from l3hostd import control
+from l3hostd.bgp.manager import BgpManager
 from l3hostd.calc import DataplaneSettings
 from l3hostd.config import Config
 from l3hostd.dataplane import Dataplane
 from l3hostd.endpoints.directory import DirectorySource, SourceChange
+from l3hostd.model import RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP, Link
 from l3hostd.netlink import sysctl
 from l3hostd.netlink.driver import NetlinkDriver
 from l3hostd.netlink.monitor import LinkMonitor
@@ -54,9 +56,10 @@ class Daemon:
         self.started = time.time()
         self.driver = NetlinkDriver()
         self.dataplane = Dataplane(self.driver, dataplane_settings(config))
-        self.monitor = LinkMonitor(
-            self.dataplane.on_link, self.dataplane.on_link_removed, self._on_overflow
+        self.bgp: BgpManager | None = (
+            BgpManager(config, self.dataplane, self.driver) if config.bgp.peers else None
         )
+        self.monitor = LinkMonitor(self._on_link, self._on_link_removed, self._on_overflow)
         self.source = DirectorySource(
             config.endpoints.directory,
             self._on_endpoints,
@@ -67,6 +70,27 @@ class Daemon:
         self._link_resync = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _on_link(self, link: Link) -> None:
+        self.dataplane.on_link(link)
+        if self.bgp is not None:
+            self.bgp.watch.on_link(link)
+
+    def _on_link_removed(self, ifindex: int) -> None:
+        self.dataplane.on_link_removed(ifindex)
+        if self.bgp is not None:
+            self.bgp.watch.on_link_removed(ifindex)
+
+    def _on_links(self, links: list[Link]) -> None:
+        self.dataplane.on_links(links)
+        if self.bgp is not None:
+            present = {link.ifindex for link in links}
+            for ifindex in list(self.bgp.watch._ifindexes):
+                if ifindex not in present:
+                    self.bgp.watch.on_link_removed(ifindex)
+            for link in links:
+                self.bgp.watch.on_link(link)
+            self.bgp.watch.resync_needed.set()
+
     def _on_endpoints(self, change: SourceChange) -> None:
         self.dataplane.on_endpoints(change.endpoints_upserted, change.endpoints_removed)
 
@@ -75,8 +99,10 @@ class Daemon:
 
     async def _resync_links(self) -> None:
         """Re-dump the links and resync every reconciler (overflow or periodic)."""
-        self.dataplane.on_links(await self.driver.dump_links())
+        self._on_links(await self.driver.dump_links())
         self.dataplane.request_resync()
+        if self.bgp is not None:
+            self.bgp.resync()
 
     async def _link_resync_loop(self) -> None:
         while True:
@@ -118,8 +144,15 @@ class Daemon:
         self.monitor.start()
         self.source.load_initial()
         self.dataplane.on_endpoints(self.source.endpoints(), ())
-        self.dataplane.on_links(await self.driver.dump_links())
+        self._on_links(await self.driver.dump_links())
         self.dataplane.set_ready()
+        if self.bgp is not None:
+            # routes of ours in the kernel: we restart (RFC 4724 R bit; adopt, don't sweep)
+            self.bgp.restarting = bool(
+                await self.driver.dump_routes(RTPROT_L3HOSTD)
+                or await self.driver.dump_learned(RTPROT_L3HOSTD_BGP, self.bgp.learned.table)
+            )
+            self.bgp.start()
         server = control.ControlServer(self.config.control.socket, self)
         await server.start()
         self._tasks = [
@@ -133,6 +166,8 @@ class Daemon:
                 ("watchdog", self.notifier.run_watchdog()),
             )
         ]
+        if self.bgp is not None:
+            self._tasks.append(asyncio.create_task(self.bgp.run_watch(), name="kernel-learn"))
         stop = asyncio.create_task(self._stop.wait())
         pending: set[asyncio.Task[object]] = {stop, *self._tasks}
         try:
@@ -147,6 +182,8 @@ class Daemon:
         finally:
             log.info("stopping; kernel state is left in place")
             self.notifier.stopping()
+            if self.bgp is not None:
+                self.bgp.stop(graceful=self.config.bgp.graceful_restart.enabled)
             stop.cancel()
             for task in self._tasks:
                 task.cancel()
@@ -154,6 +191,8 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await server.close()
+            if self.bgp is not None:
+                await self.bgp.close()
             self.monitor.stop()
             self.driver.close()
             self.notifier.close()

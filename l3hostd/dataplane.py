@@ -70,6 +70,9 @@ class Dataplane:
         # (a later issue) will go before it, the BGP announcement after the whole pass.
         self.reconcilers: tuple[Reconciler, ...] = (self.routes, self.neighbours, self.tapconfig)  # type: ignore[type-arg]
         self._clock = clock
+        #: called with a link that went admin-down or away (learned routes via it are gone)
+        self.link_down_listeners: list[Callable[[int], None]] = []
+        self._other_up: dict[int, bool] = {}  # admin state of every link, by ifindex
         self._wake = asyncio.Event()
         self._ready = False
         self.synced = asyncio.Event()  # set after the first complete pass
@@ -90,15 +93,38 @@ class Dataplane:
         old = self.state.links.get(link.ifindex)
         if old is not None and old.admin_up and not link.admin_up:
             self._forget(link.ifindex)
+        was_up = self._other_up.get(link.ifindex)
+        self._other_up[link.ifindex] = link.admin_up
+        if was_up and not link.admin_up:
+            self._link_down(link.ifindex)  # e.g. the uplink: gateway routes via it are gone
         self._absorb(self.state.upsert_link(link))
 
     def on_link_removed(self, ifindex: int) -> None:
         self._forget(ifindex)
+        if self._other_up.pop(ifindex, None):
+            self._link_down(ifindex)
         self._absorb(self.state.remove_link(ifindex))
+
+    def add_reconciler(self, reconciler: Reconciler) -> None:  # type: ignore[type-arg]
+        """Append a reconciler to the pass (after the local ones; removed before them)."""
+        self.reconcilers = (*self.reconcilers, reconciler)
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _link_down(self, ifindex: int) -> None:
+        for listener in self.link_down_listeners:
+            listener(ifindex)
 
     def on_links(self, links: Iterable[Link]) -> None:
         """A full dump of the links (start, overflow, periodic resync)."""
         fresh = {link.ifindex: link for link in links}
+        for ifindex, was_up in list(self._other_up.items()):
+            new = fresh.get(ifindex)
+            if was_up and (new is None or not new.admin_up):
+                self._link_down(ifindex)
+        self._other_up = {i: link.admin_up for i, link in fresh.items()}
         for ifindex, old in self.state.links.items():
             new = fresh.get(ifindex)
             if new is None or (old.admin_up and not new.admin_up):

@@ -76,6 +76,10 @@ class Reconciler(abc.ABC, Generic[K, V]):
         self._resync_pending = True
         self.in_sync = False  # True after the first successful resync
         self._observed_changed: set[K] = set()
+        #: Change an object with one "replace" write instead of delete + add (no gap).
+        self.replace_in_place = False
+        #: Do not delete objects that are ours but not desired (graceful-restart hold).
+        self.protect_unwanted = False
         self.stats = ReconcilerStats()
 
     # ---- cheap, no IO -------------------------------------------------------------------
@@ -103,6 +107,12 @@ class Reconciler(abc.ABC, Generic[K, V]):
 
     def queue_resync(self) -> None:
         self._resync_pending = True
+
+    def release_protection(self) -> None:
+        """End a graceful-restart hold: sweep what is ours and not desired."""
+        if self.protect_unwanted:
+            self.protect_unwanted = False
+            self._dirty.update(k for k in self.observed if k not in self.desired)
 
     @property
     def resync_pending(self) -> bool:
@@ -156,7 +166,8 @@ class Reconciler(abc.ABC, Generic[K, V]):
             have = self.observed.get(key)
             if want is None:
                 if phase is Phase.REMOVE:
-                    if have is None:
+                    if have is None or self.protect_unwanted:
+                        # (protected: kept until release_protection() resyncs)
                         clean.append(key)
                     else:
                         deletes.append((key, have))
@@ -164,7 +175,7 @@ class Reconciler(abc.ABC, Generic[K, V]):
                 if have is not None and self._same(want, have):
                     clean.append(key)
                 else:
-                    if have is not None:
+                    if have is not None and not self.replace_in_place:
                         deletes.append((key, have))
                     adds.append((key, want))
         for key in clean:
@@ -173,7 +184,7 @@ class Reconciler(abc.ABC, Generic[K, V]):
         if not deletes and not adds:
             return 0
         self.stats.applies += 1
-        errnos = await self._write([v for _, v in deletes], [v for _, v in adds])
+        errnos = await self._write(deletes, adds)
         self.stats.writes += len(errnos)
         failed: dict[K, int] = {}
         for (key, _), err in zip(deletes, errnos[: len(deletes)], strict=True):
@@ -228,5 +239,7 @@ class Reconciler(abc.ABC, Generic[K, V]):
         """Read every object we own from the kernel."""
 
     @abc.abstractmethod
-    async def _write(self, deletes: Sequence[V], adds: Sequence[V]) -> list[int]:
+    async def _write(
+        self, deletes: Sequence[tuple[K, V]], adds: Sequence[tuple[K, V]]
+    ) -> list[int]:
         """Delete then add, in one batch; return one errno per request (0 = done)."""

@@ -531,7 +531,13 @@ class RtnlBatchSocket:
     # -- dumps --
 
     async def dump_routes(
-        self, family: int, protocol: int, table: int | None = None, *, timeout: float | None = None
+        self,
+        family: int,
+        protocol: int,
+        table: int | None = None,
+        *,
+        oif: int | None = None,
+        timeout: float | None = None,
     ) -> list[wire.RouteRecord]:
         """Routes of ``family`` (AF_INET / AF_INET6) with ``rtm_protocol == protocol`` (0 =
         any) in ``table`` (None = every table), filtered by the kernel. A table that does not
@@ -539,7 +545,7 @@ class RtnlBatchSocket:
         try:
             return await self._dump(
                 lambda seq: wire.route_dump_request(
-                    family, protocol=protocol, table=table, seq=seq
+                    family, protocol=protocol, table=table, oif=oif, seq=seq
                 ),
                 wire.RTM_NEWROUTE,
                 wire.parse_route,

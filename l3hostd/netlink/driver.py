@@ -30,8 +30,16 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.core import CoreDatagramProtocol
 
-from l3hostd.model import IPV6_GATEWAY, HostRoute, Link, Neighbour, TapConfig
-from l3hostd.netlink import sysctl, wire
+from l3hostd.model import (
+    IPV6_GATEWAY,
+    HostRoute,
+    IPAddress,
+    IPNetwork,
+    Link,
+    Neighbour,
+    TapConfig,
+)
+from l3hostd.netlink import resolve, sysctl, wire
 from l3hostd.netlink.batch import RtnlBatchSocket
 
 log = logging.getLogger("l3hostd.netlink")
@@ -180,6 +188,46 @@ class NetlinkDriver:
     ) -> list[int]:
         reqs = [wire.neigh_del(n.ifindex, n.ip) for n in deletes]
         reqs += [wire.neigh_add(n.ifindex, n.ip, n.mac) for n in adds]
+        return await self.batch.execute(reqs)
+
+    # ---- learned (BGP) routes ------------------------------------------------------------
+
+    def resolve_next_hop(self, next_hop: IPAddress) -> IPAddress | None:
+        return resolve.resolve(next_hop)
+
+    async def dump_learned(
+        self, protocol: int, table: int
+    ) -> list[tuple[IPNetwork, tuple[IPAddress, ...]]]:
+        out: list[tuple[IPNetwork, tuple[IPAddress, ...]]] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for rec in await self.batch.dump_routes(family, protocol, table):
+                if rec.multipath:
+                    hops = tuple(h.gateway for h in rec.multipath if h.gateway is not None)
+                else:
+                    hops = (rec.gateway,) if rec.gateway is not None else ()
+                out.append((rec.dst, hops))
+        return out
+
+    async def write_learned(
+        self,
+        deletes: Sequence[IPNetwork],
+        adds: Sequence[tuple[IPNetwork, tuple[IPAddress, ...]]],
+        table: int,
+        metric: int,
+        protocol: int,
+    ) -> list[int]:
+        reqs = [
+            wire.route_del(dst, protocol=protocol, table=table, priority=metric)
+            for dst in deletes
+        ]
+        for dst, hops in adds:
+            if len(hops) == 1:
+                reqs.append(wire.route_add(dst, protocol=protocol, gateway=hops[0],
+                                           table=table, priority=metric))
+            else:
+                reqs.append(wire.route_add(dst, protocol=protocol,
+                                           multipath=[(h, None) for h in hops],
+                                           table=table, priority=metric))
         return await self.batch.execute(reqs)
 
     # ---- per-TAP configuration ------------------------------------------------------------

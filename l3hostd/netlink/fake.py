@@ -15,7 +15,16 @@ import errno
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from l3hostd.model import HostRoute, Link, Neighbour, NeighbourKey, RouteKey, TapConfig
+from l3hostd.model import (
+    HostRoute,
+    IPAddress,
+    IPNetwork,
+    Link,
+    Neighbour,
+    NeighbourKey,
+    RouteKey,
+    TapConfig,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +39,10 @@ class FakeKernel:
         self.routes: dict[RouteKey, HostRoute] = {}  # one route per key is enough here
         self.neighbours: dict[NeighbourKey, Neighbour] = {}
         self.tap_configured: set[int] = set()
+        #: (table, dst) -> (metric, protocol, next hops)
+        #: next hop -> gateway (None: unreachable); absent: on-link
+        self.gateways: dict[IPAddress, IPAddress | None] = {}
+        self.learned: dict[tuple[int, IPNetwork], tuple[int, int, tuple[IPAddress, ...]]] = {}
         self.writes: list[Write] = []
         self.fail_next: dict[str, int] = {}  # op -> errno for its next request
         self._next_ifindex = 100
@@ -144,5 +157,39 @@ class FakeKernel:
                     err = errno.ENODEV
                 else:
                     self.tap_configured.add(t.ifindex)
+            out.append(err)
+        return out
+
+    def resolve_next_hop(self, next_hop: IPAddress) -> IPAddress | None:
+        return self.gateways.get(next_hop, next_hop)
+
+    async def dump_learned(
+        self, protocol: int, table: int
+    ) -> list[tuple[IPNetwork, tuple[IPAddress, ...]]]:
+        return [(dst, hops) for (t, dst), (_m, p, hops) in self.learned.items()
+                if p == protocol and t == table]
+
+    async def write_learned(
+        self,
+        deletes: Sequence[IPNetwork],
+        adds: Sequence[tuple[IPNetwork, tuple[IPAddress, ...]]],
+        table: int,
+        metric: int,
+        protocol: int,
+    ) -> list[int]:
+        out = []
+        for dst in deletes:
+            self.writes.append(Write("learned-del", dst))
+            have = self.learned.get((table, dst))
+            if have is None or have[:2] != (metric, protocol):
+                out.append(errno.ESRCH)
+            else:
+                del self.learned[(table, dst)]
+                out.append(0)
+        for dst, hops in adds:
+            self.writes.append(Write("learned-add", (dst, hops)))
+            err = self._fail("learned-add")
+            if not err:
+                self.learned[(table, dst)] = (metric, protocol, hops)
             out.append(err)
         return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from l3hostd.model import HostRoute, Link, Neighbour, TapConfig
+from l3hostd.model import HostRoute, IPAddress, IPNetwork, Link, Neighbour, TapConfig
 
 
 class Kernel(Protocol):
@@ -43,3 +43,25 @@ class Kernel(Protocol):
         ...
 
     async def write_tap_configs(self, taps: Sequence[TapConfig]) -> list[int]: ...
+
+    def resolve_next_hop(self, next_hop: IPAddress) -> IPAddress | None:
+        """The gateway the FIB uses to reach ``next_hop`` (itself when on-link)."""
+        ...
+
+    async def dump_learned(
+        self, protocol: int, table: int
+    ) -> list[tuple[IPNetwork, tuple[IPAddress, ...]]]:
+        """Routes of ``protocol`` in ``table`` with their gateway(s)."""
+        ...
+
+    async def write_learned(
+        self,
+        deletes: Sequence[IPNetwork],
+        adds: Sequence[tuple[IPNetwork, tuple[IPAddress, ...]]],
+        table: int,
+        metric: int,
+        protocol: int,
+    ) -> list[int]:
+        """Deletes match protocol, table and metric; adds create or replace our route
+        (one multipath route when there are several next hops)."""
+        ...

@@ -9,6 +9,7 @@ on a managed TAP a learnt (dynamic) entry for a VM address is ours to overwrite.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from l3hostd.model import Neighbour, NeighbourKey
 from l3hostd.netlink.kernel import Kernel
@@ -26,8 +27,10 @@ class NeighbourReconciler(Reconciler[NeighbourKey, Neighbour]):
     async def _dump(self) -> dict[NeighbourKey, Neighbour]:
         return {n.key: n for n in await self._kernel.dump_neighbours(self._managed())}
 
-    async def _write(self, deletes: Sequence[Neighbour], adds: Sequence[Neighbour]) -> list[int]:
-        return await self._kernel.write_neighbours(deletes, adds)
+    async def _write(
+        self, deletes: Sequence[tuple[Any, Neighbour]], adds: Sequence[tuple[Any, Neighbour]]
+    ) -> list[int]:
+        return await self._kernel.write_neighbours([v for _, v in deletes], [v for _, v in adds])
 
     def forget_ifindex(self, ifindex: int) -> None:
         self.forget_observed([k for k in self.observed if k.ifindex == ifindex])

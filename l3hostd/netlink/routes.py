@@ -10,6 +10,7 @@ conflict is logged and retried with backoff, and the foreign route stays.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from l3hostd.model import RTPROT_L3HOSTD, HostRoute, RouteKey
 from l3hostd.netlink.kernel import Kernel
@@ -27,8 +28,10 @@ class RouteReconciler(Reconciler[RouteKey, HostRoute]):
     async def _dump(self) -> dict[RouteKey, HostRoute]:
         return {r.key: r for r in await self._kernel.dump_routes(self._protocol)}
 
-    async def _write(self, deletes: Sequence[HostRoute], adds: Sequence[HostRoute]) -> list[int]:
-        return await self._kernel.write_routes(deletes, adds)
+    async def _write(
+        self, deletes: Sequence[tuple[Any, HostRoute]], adds: Sequence[tuple[Any, HostRoute]]
+    ) -> list[int]:
+        return await self._kernel.write_routes([v for _, v in deletes], [v for _, v in adds])
 
     def forget_ifindex(self, ifindex: int) -> None:
         """The device went down or away: the kernel flushed its routes silently."""

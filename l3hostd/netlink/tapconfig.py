@@ -26,8 +26,10 @@ class TapConfigReconciler(Reconciler[int, TapConfig]):
     async def _dump(self) -> dict[int, TapConfig]:
         return {t.ifindex: t for t in await self._kernel.dump_tap_configs(self._candidates())}
 
-    async def _write(self, deletes: Sequence[TapConfig], adds: Sequence[TapConfig]) -> list[int]:
+    async def _write(
+        self, deletes: Sequence[tuple[int, TapConfig]], adds: Sequence[tuple[int, TapConfig]]
+    ) -> list[int]:
         errs = [0] * len(deletes)
         if adds:
-            errs += await self._kernel.write_tap_configs(adds)
+            errs += await self._kernel.write_tap_configs([t for _, t in adds])
         return errs

@@ -594,7 +594,12 @@ def addr_del(ifindex: int, ip: IPAddress, prefixlen: int, *, seq: int = 0) -> by
 
 
 def route_dump_request(
-    family: int, *, protocol: int = 0, table: int | None = None, seq: int = 0
+    family: int,
+    *,
+    protocol: int = 0,
+    table: int | None = None,
+    oif: int | None = None,
+    seq: int = 0,
 ) -> bytes:
     """RTM_GETROUTE dump, filtered by the kernel (on a ``NETLINK_GET_STRICT_CHK`` socket) by
     ``protocol`` (0 = any) and ``table`` (None = all tables). The table goes in RTA_TABLE
@@ -609,6 +614,8 @@ def route_dump_request(
     else:
         rtm_table = 0
         tail = b""
+    if oif:
+        tail += _RTA_U32.pack(8, RTA_OIF, oif)  # only routes out of this device
     return (
         _HDR_RTMSG.pack(
             28 + len(tail),
@@ -648,6 +655,21 @@ def addr_dump_request(family: int, *, ifindex: int | None = None, seq: int = 0) 
     and scope must be 0, and no attributes are accepted); an unknown ifindex gives ENODEV."""
     return _HDR_IFADDR.pack(
         24, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0, family, 0, 0, 0, ifindex or 0
+    )
+
+
+def route_get_request(dst: IPAddress, *, seq: int = 0) -> bytes:
+    """RTM_GETROUTE for one address (``ip route get``): the kernel answers with the route
+    its FIB lookup picks, gateway and output device resolved."""
+    tail = _addr_attr(RTA_DST, dst)
+    plen = 32 if dst.version == 4 else 128
+    family = AF_INET if dst.version == 4 else AF_INET6
+    return (
+        _HDR_RTMSG.pack(
+            28 + len(tail), RTM_GETROUTE, NLM_F_REQUEST, seq, 0,
+            family, plen, 0, 0, 0, 0, 0, 0, 0,
+        )
+        + tail
     )
 
 

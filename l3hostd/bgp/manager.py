@@ -1,0 +1,420 @@
+"""The BGP side of the daemon: peers, RIB-in -> kernel, exports -> Adj-RIB-Out.
+
+Import: each UPDATE goes into the :class:`~l3hostd.bgp.rib.AdjRibIn`; the prefixes whose
+ECMP selection changed are handed to the learned-route reconciler (``set_desired``, no
+IO) and the dataplane's apply loop installs them in its next pass -- batched with whatever
+else arrived meanwhile, written through the batched netlink socket.
+
+Export: the dataplane reports the host routes it has *observed installed* (never before),
+the kernel-learn watcher reports other daemons' routes on export interfaces; the export
+table merges both (an endpoint route wins over a kernel route of the same prefix; never a
+default route). Each peer's :class:`~l3hostd.bgp.adj_rib_out.AdjRibOut` is drained by a
+sender task in slices of :data:`SLICE` prefixes, so encoding never holds the event loop
+for long, and waits while the peer's socket is backed up.
+
+Graceful restart (RFC 4724), both roles:
+
+* restarting speaker -- the learned routes found in the kernel at start are adopted and
+  protected from the sweep until every peer sent End-of-RIB (or ``restart_time`` passed);
+  our table goes out only after the dataplane's first full sync, followed by our own
+  End-of-RIB (never an empty one first); a SIGTERM stop closes the sessions without a
+  NOTIFICATION so the reflectors keep our routes as stale while we restart;
+* receiving speaker -- a peer whose session drops without NOTIFICATION and who advertised
+  GR keeps its paths as stale; they go on its End-of-RIB or when its restart time ends.
+
+Max-prefix: a peer that sends more than ``max_prefixes`` accepted paths gets a
+NOTIFICATION Cease / Maximum Number of Prefixes Reached (RFC 4486) and its paths go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, ip_network
+
+from l3hostd.bgp import fsm
+from l3hostd.bgp.adj_rib_out import AdjRibOut, Export, ExportPolicy
+from l3hostd.bgp.codec import Codec
+from l3hostd.bgp.messages import (
+    CEASE_ADMIN_SHUTDOWN,
+    CEASE_MAX_PREFIXES,
+    FAMILY_NAMES,
+    IPV4_UNICAST,
+    IPV6_UNICAST,
+    ErrorCode,
+    Family,
+    Negotiated,
+    Notification,
+)
+from l3hostd.bgp.rib import AdjRibIn, ImportPolicy, MaxPrefixExceeded, SelectionDelta, prefix_key
+from l3hostd.config import Config, PeerConfig
+from l3hostd.dataplane import Dataplane
+from l3hostd.model import HostRoute, IPAddress, IPNetwork, RouteKey
+from l3hostd.netlink.kernel import Kernel
+from l3hostd.netlink.learned import LearnedRouteReconciler
+from l3hostd.netlink.routewatch import KernelRouteWatch
+
+log = logging.getLogger("l3hostd.bgp")
+
+SLICE = 2000  # prefixes encoded per step (~10 ms)
+FAMILIES = {"ipv4": IPV4_UNICAST, "ipv6": IPV6_UNICAST}
+
+
+@dataclass(slots=True)
+class PeerRuntime:
+    config: PeerConfig
+    speaker: object  # PeerSpeaker (typed loosely: created inside the running loop)
+    adj_out: AdjRibOut
+    codec: Codec
+    negotiated: Negotiated | None = None
+    eor_received: set[Family] = field(default_factory=set)
+    eor_sent: bool = False
+    established_at: float | None = None
+    flaps: int = 0
+    last_down: str = ""
+    updates_received: int = 0
+    updates_sent: int = 0
+    stale_timer: asyncio.TimerHandle | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sender: asyncio.Task[None] | None = None
+
+
+class BgpManager:
+    def __init__(self, config: Config, dataplane: Dataplane, kernel: Kernel) -> None:
+        self.config = config
+        self.dataplane = dataplane
+        self.kernel = kernel
+        bgp = config.bgp
+        imp = bgp.import_
+        own = {p.source_address for p in bgp.peers if p.source_address is not None}
+        self.rib = AdjRibIn(policy=ImportPolicy(
+            accept=tuple(ip_network(str(p)) for p in imp.accept),
+            reject=tuple(ip_network(str(p)) for p in imp.reject),
+            allow_default=imp.allow_default,
+            router_id=IPv4Address(str(config.node.router_id)),
+            own_addresses=frozenset(own),
+        ))
+        self.learned = LearnedRouteReconciler(kernel, self.rib, table=imp.table_id)
+        gr = bgp.graceful_restart
+        self.learned.protect_unwanted = gr.enabled  # adopt until the peers' End-of-RIB
+        dataplane.add_reconciler(self.learned)
+        dataplane.route_listeners.append(self._on_local_routes)
+        dataplane.link_down_listeners.append(self._on_link_down)
+        self.export_policy = ExportPolicy(
+            communities=tuple((a << 16) | b for a, b in bgp.export.standard_communities),
+            large_communities=bgp.export.large_communities,
+        )
+        self.watch = KernelRouteWatch(bgp.export.interfaces, imp.table_id, self._on_kernel_route)
+        self._endpoint_exports: dict[int, Export] = {}
+        self._kernel_exports: dict[int, Export] = {}
+        self.exports: dict[int, Export] = {}
+        self.peers: dict[str, PeerRuntime] = {}
+        self.restarting = False  # set by the daemon when it adopted routes at start
+        self._protection_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self.draining = False
+        self.max_prefix_events = 0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from l3hostd.bgp.speaker import PeerSpeaker
+
+        self.watch.start()
+        loop = asyncio.get_running_loop()
+        gr = self.config.bgp.graceful_restart
+        if self.learned.protect_unwanted:
+            self._protection_timer = loop.call_later(gr.restart_time, self._release_protection,
+                                                     "restart time over")
+        for peer in self.config.bgp.peers:
+            self.rib.add_peer(peer.name, self.config.bgp.import_.max_prefixes)
+            families = frozenset(FAMILIES[f] for f in peer.families)
+            session_config = fsm.SessionConfig(
+                local_asn=self.config.node.asn,
+                peer_asn=peer.asn,
+                router_id=IPv4Address(str(self.config.node.router_id)),
+                hold_time=self.config.bgp.hold_time_for(peer),
+                keepalive_time=self.config.bgp.keepalive_time_for(peer),
+                connect_retry_time=self.config.bgp.connect_retry_time,
+                families=families,
+                add_path_receive=peer.add_path_receive,
+                graceful_restart=gr.enabled,
+                restart_time=gr.restart_time,
+                restarting=self.restarting,
+            )
+            codec = Codec(self.config.node.asn, peer.asn)
+            session = fsm.Session(session_config, codec, random.Random())
+            speaker = PeerSpeaker(
+                peer.name, peer.address, peer.port, peer.source_address, peer.multihop,
+                peer.read_password(), session, self._on_event,
+            )
+            runtime = PeerRuntime(peer, speaker, AdjRibOut(families, self.export_policy), codec)
+            self.peers[peer.name] = runtime
+            runtime.sender = asyncio.create_task(self._sender(runtime), name=f"bgp-tx-{peer.name}")
+            speaker.start()
+        if not self.peers:
+            self._release_protection("no peers")
+
+    async def run_watch(self) -> None:
+        """Keep the kernel-learn watcher in sync (its overflow / new devices)."""
+        while True:
+            await self.watch.resync_needed.wait()
+            try:
+                await self.watch.resync(self.kernel.batch)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("kernel route resync failed")
+                await asyncio.sleep(1)
+
+    def stop(self, graceful: bool) -> None:
+        """Daemon stop. With graceful restart: close without NOTIFICATION (the peers keep
+        our routes as stale); otherwise Cease / Administrative Shutdown."""
+        self._stopping = True
+        note = None if graceful else Notification(ErrorCode.CEASE, CEASE_ADMIN_SHUTDOWN)
+        for peer in self.peers.values():
+            speaker = peer.speaker
+            speaker.stop(note)  # type: ignore[attr-defined]
+            if peer.sender is not None:
+                peer.sender.cancel()
+        self.watch.stop()
+
+    async def close(self) -> None:
+        for peer in self.peers.values():
+            if peer.sender is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await peer.sender
+            peer.speaker.close()  # type: ignore[attr-defined]
+
+    def _on_link_down(self, _ifindex: int) -> None:
+        """A non-TAP device went down: gateway routes through it were flushed silently and
+        next hops may now resolve another way."""
+        self.learned.re_resolve()
+        self.learned.queue_resync()
+        self.dataplane.wake()
+
+    def resync(self) -> None:
+        """Periodic: next hops may resolve differently now (the fabric's routes changed)."""
+        if self.learned.re_resolve():
+            self.dataplane.wake()
+
+    # ---- exports -------------------------------------------------------------------------------
+
+    def _on_local_routes(
+        self, added: Mapping[RouteKey, HostRoute], removed: Iterable[RouteKey]
+    ) -> None:
+        for rk in removed:
+            key = prefix_key(rk.dst)
+            if self._endpoint_exports.pop(key, None) is not None:
+                self._export_changed(key)
+        for rk, route in added.items():
+            if route.dst.prefixlen == 0:
+                continue
+            key = prefix_key(rk.dst)
+            self._endpoint_exports[key] = Export(route.dst, 0, "endpoint")
+            self._export_changed(key)
+
+    def _on_kernel_route(self, prefix: IPNetwork, metric: int | None) -> None:
+        key = prefix_key(prefix)
+        if metric is None:
+            self._kernel_exports.pop(key, None)
+        else:
+            self._kernel_exports[key] = Export(prefix, metric, "kernel")
+        self._export_changed(key)
+
+    def _export_changed(self, key: int) -> None:
+        export = self._endpoint_exports.get(key) or self._kernel_exports.get(key)
+        if self.exports.get(key) == export:
+            return
+        if export is None:
+            del self.exports[key]
+        else:
+            self.exports[key] = export
+        for peer in self.peers.values():
+            peer.adj_out.update(key, export)
+            if peer.adj_out.pending:
+                peer.wake.set()
+
+    def set_drain(self, draining: bool) -> None:
+        """Maintenance: announce everything with GRACEFUL_SHUTDOWN (RFC 8326), or stop."""
+        self.draining = draining
+        policy = ExportPolicy(self.export_policy.communities,
+                              self.export_policy.large_communities, draining)
+        for peer in self.peers.values():
+            peer.adj_out.repolicy(policy, self.exports)
+            peer.wake.set()
+
+    async def _sender(self, peer: PeerRuntime) -> None:
+        """Drain the peer's Adj-RIB-Out in slices; End-of-RIB after the first full table."""
+        speaker = peer.speaker
+        while True:
+            await peer.wake.wait()
+            peer.wake.clear()
+            if peer.negotiated is None or not peer.adj_out.active:
+                continue
+            if not self.dataplane.synced.is_set():
+                # a restarting speaker announces its table only after the first full sync
+                await self.dataplane.synced.wait()
+                peer.wake.set()
+                continue
+            while peer.adj_out.pending and peer.adj_out.active:
+                announce, withdraw = peer.adj_out.take(SLICE)
+                messages = peer.codec.encode_updates(announce, withdraw)
+                peer.updates_sent += len(messages)
+                speaker.send(messages)  # type: ignore[attr-defined]
+                await speaker.writable()  # type: ignore[attr-defined]
+                await asyncio.sleep(0)
+            if not peer.eor_sent and peer.adj_out.active and peer.negotiated is not None:
+                peer.eor_sent = True
+                speaker.send(  # type: ignore[attr-defined]
+                    [peer.codec.encode_end_of_rib(f) for f in sorted(peer.negotiated.families)]
+                )
+
+    # ---- session events -----------------------------------------------------------------------
+
+    def _on_event(self, speaker: object, event: object) -> None:
+        peer = self.peers[speaker.name]  # type: ignore[attr-defined]
+        if isinstance(event, fsm.Established):
+            self._established(peer, event.negotiated)
+        elif isinstance(event, fsm.UpdateReceived):
+            self._update(peer, event)
+        elif isinstance(event, fsm.SessionDown):
+            self._down(peer, event)
+        elif isinstance(event, fsm.RouteRefreshReceived):
+            peer.adj_out.session_up(peer.adj_out.next_hop, self.exports)
+            peer.wake.set()
+
+    def _established(self, peer: PeerRuntime, negotiated: Negotiated) -> None:
+        peer.negotiated = negotiated
+        peer.established_at = time.time()
+        peer.eor_received = set()
+        peer.eor_sent = False
+        local = peer.speaker.local_address  # type: ignore[attr-defined]
+        next_hops: dict[Family, IPAddress] = {}
+        if local is not None:
+            next_hops[IPV4_UNICAST if local.version == 4 else IPV6_UNICAST] = local
+        peer.adj_out.session_up(next_hops, self.exports)
+        log.info("peer %s: Established (hold %ds, families %s%s)", peer.config.name,
+                 negotiated.hold_time,
+                 ",".join(FAMILY_NAMES.get(f, str(f)) for f in sorted(negotiated.families)),
+                 ", add-path rx" if negotiated.add_path_receive else "")
+        gr = negotiated.peer_graceful_restart
+        if self.rib.has_stale(peer.config.name):
+            kept = {f for f, preserved in (gr.families if gr else ()) if preserved}
+            if gr is None or not kept:
+                # RFC 4724 §4.2: no GR (or forwarding not preserved) in the new OPEN
+                self._apply(self.rib.sweep_stale(peer.config.name))
+        peer.wake.set()
+
+    def _update(self, peer: PeerRuntime, event: fsm.UpdateReceived) -> None:
+        update = event.update
+        peer.updates_received += 1
+        if update.end_of_rib is not None:
+            self._end_of_rib(peer, update.end_of_rib)
+            return
+        if update.treat_as_withdraw:
+            log.warning("peer %s: UPDATE treated as withdraw: %s", peer.config.name,
+                        update.treat_as_withdraw)
+        try:
+            delta = self.rib.apply_update(peer.config.name, update)
+        except MaxPrefixExceeded as exc:
+            self.max_prefix_events += 1
+            log.error("peer %s: %s; sending Cease/Maximum Number of Prefixes Reached and "
+                      "dropping its routes", peer.config.name, exc)
+            peer.speaker.stop(  # type: ignore[attr-defined]
+                Notification(ErrorCode.CEASE, CEASE_MAX_PREFIXES)
+            )
+            peer.speaker.start()  # type: ignore[attr-defined]  # reconnect after idle hold
+            return
+        self._apply(delta)
+
+    def _end_of_rib(self, peer: PeerRuntime, family: Family) -> None:
+        peer.eor_received.add(family)
+        log.info("peer %s: End-of-RIB %s", peer.config.name, FAMILY_NAMES.get(family, family))
+        negotiated = peer.negotiated.families if peer.negotiated else frozenset()
+        if negotiated <= peer.eor_received:
+            if peer.stale_timer is not None:
+                peer.stale_timer.cancel()
+                peer.stale_timer = None
+            self._apply(self.rib.sweep_stale(peer.config.name))
+            self._maybe_release_protection()
+
+    def _down(self, peer: PeerRuntime, event: fsm.SessionDown) -> None:
+        was_up = peer.negotiated is not None
+        gr = peer.negotiated.peer_graceful_restart if peer.negotiated else None
+        peer.negotiated = None
+        peer.adj_out.session_down()
+        if not was_up:
+            return
+        peer.flaps += 1
+        peer.established_at = None
+        peer.last_down = event.reason
+        log.warning("peer %s: session down: %s", peer.config.name, event.reason)
+        if event.graceful and gr is not None and self.config.bgp.graceful_restart.enabled:
+            self.rib.mark_stale(peer.config.name)
+            restart = max(1, gr.restart_time)
+            if peer.stale_timer is not None:
+                peer.stale_timer.cancel()
+            peer.stale_timer = asyncio.get_running_loop().call_later(
+                restart, self._stale_timeout, peer)
+            log.info("peer %s: keeping its routes as stale for up to %ds (graceful restart)",
+                     peer.config.name, restart)
+        else:
+            self._apply(self.rib.peer_down(peer.config.name))
+
+    def _stale_timeout(self, peer: PeerRuntime) -> None:
+        peer.stale_timer = None
+        log.warning("peer %s: restart time over, removing its stale routes", peer.config.name)
+        self._apply(self.rib.sweep_stale(peer.config.name))
+
+    def _apply(self, delta: SelectionDelta) -> None:
+        if not delta:
+            return
+        select = self.learned.select
+        for key, selection in delta.items():
+            select(key, selection)
+        self.dataplane.wake()
+
+    def _maybe_release_protection(self) -> None:
+        if not self.learned.protect_unwanted:
+            return
+        for peer in self.peers.values():
+            if peer.negotiated is None or not peer.negotiated.families <= peer.eor_received:
+                return
+        self._release_protection("End-of-RIB from every peer")
+
+    def _release_protection(self, why: str) -> None:
+        if self._protection_timer is not None:
+            self._protection_timer.cancel()
+            self._protection_timer = None
+        if self.learned.protect_unwanted:
+            log.info("learned routes converged (%s): sweeping stale ones", why)
+            self.learned.release_protection()
+            self.dataplane.wake()
+
+    # ---- views --------------------------------------------------------------------------------
+
+    def peer_rows(self) -> list[dict[str, object]]:
+        rows = []
+        now = time.time()
+        for name, peer in self.peers.items():
+            session = peer.speaker.session  # type: ignore[attr-defined]
+            rows.append({
+                "name": name,
+                "address": str(peer.config.address),
+                "asn": peer.config.asn,
+                "state": session.state.name.capitalize(),
+                "since": round(now - peer.established_at, 1) if peer.established_at else None,
+                "prefixes_received": self.rib.peers[name].count,
+                "prefixes_filtered": self.rib.peers[name].filtered,
+                "prefixes_sent": len(peer.adj_out.sent),
+                "updates_received": peer.updates_received,
+                "updates_sent": peer.updates_sent,
+                "flaps": peer.flaps,
+                "stale": self.rib.has_stale(name),
+                "last_error": peer.last_down or getattr(peer.speaker, "last_error", ""),
+            })
+        return rows

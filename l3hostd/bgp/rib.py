@@ -1,0 +1,441 @@
+"""Adj-RIB-In of every peer and path, best-path selection and the ECMP set per prefix.
+
+Pure (no IO). Built to hold every /32 and /128 of a cloud (100k+ prefixes) in little
+memory: a prefix is one int (:func:`prefix_key`), a path is one int packing
+``(peer, path id, next hop, attributes)`` where the next hop and the attribute set are
+indexes into interning tables, and a prefix with one path (the common case) stores that
+int directly instead of a container. ~110 bytes per prefix instead of the ~1 KiB that
+ipaddress objects, dataclasses and dicts per path would cost.
+
+Import policy is applied on receipt (like BIRD without ``import keep filtered``): a
+rejected path is not stored; a policy change is applied by asking the peer for a route
+refresh. Rejected: prefixes outside ``accept`` (when given) or inside ``reject``, the
+default route unless allowed, paths whose ORIGINATOR_ID is our router id or whose next
+hop is one of our addresses (our own announcements reflected back, RFC 4456 §8).
+
+Selection among the stored paths of a prefix (RFC 4271 §9.1.2.2 as it applies to iBGP
+with one AS): highest LOCAL_PREF (100 when absent), shortest AS_PATH, lowest ORIGIN,
+lowest MED; all paths tied on those form the ECMP set (BIRD's ``merge paths``), whose
+distinct next hops are installed as one multipath route. The displayed "best" path within
+the set is the one with the lowest ORIGINATOR_ID / peer then path id.
+
+Graceful restart (RFC 4724 §4.2): when a session drops and the peer had advertised GR,
+its paths are moved to a *stale alias* of the peer (:meth:`AdjRibIn.mark_stale`). Fresh
+paths from the re-established session live beside them (same next hops: the ECMP set and
+so the kernel route do not change); End-of-RIB or the restart timer drops the alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from typing import Generic, TypeVar
+
+from l3hostd.bgp.messages import PathAttributes, Route, Update
+from l3hostd.model import IPAddress, IPNetwork
+
+T = TypeVar("T", bound=Hashable)
+
+# ---- compact keys ------------------------------------------------------------------------
+
+
+def prefix_key(prefix: IPNetwork) -> int:
+    """One int per prefix: address, length and family; unique across families."""
+    return (int(prefix.network_address) << 9) | (prefix.prefixlen << 1) | (prefix.version == 6)
+
+
+def key_prefix(key: int) -> IPNetwork:
+    plen = (key >> 1) & 0xFF
+    if key & 1:
+        return IPv6Network((key >> 9, plen))
+    return IPv4Network((key >> 9, plen))
+
+
+def key_is_v6(key: int) -> bool:
+    return bool(key & 1)
+
+
+class Interner(Generic[T]):
+    """Value <-> small int, for next hops, attribute sets and ECMP next-hop sets."""
+
+    __slots__ = ("_index", "values")
+
+    def __init__(self) -> None:
+        self.values: list[T] = []
+        self._index: dict[T, int] = {}
+
+    def add(self, value: T) -> int:
+        idx = self._index.get(value)
+        if idx is None:
+            idx = len(self.values)
+            self.values.append(value)
+            self._index[value] = idx
+        return idx
+
+    def __getitem__(self, idx: int) -> T:
+        return self.values[idx]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+# packed path: | peer (12 bits) | path id (32) | next hop idx (24) | attributes idx (24) |
+_ATTR_BITS = 24
+_NH_BITS = 24
+_PID_BITS = 32
+_ATTR_MASK = (1 << _ATTR_BITS) - 1
+_NH_MASK = (1 << _NH_BITS) - 1
+_PID_MASK = (1 << _PID_BITS) - 1
+_NH_SHIFT = _ATTR_BITS
+_PID_SHIFT = _NH_SHIFT + _NH_BITS
+_PEER_SHIFT = _PID_SHIFT + _PID_BITS
+MAX_PEERS = 1 << 12
+
+
+def pack_path(peer: int, path_id: int, nh: int, attrs: int) -> int:
+    return (peer << _PEER_SHIFT) | (path_id << _PID_SHIFT) | (nh << _NH_SHIFT) | attrs
+
+
+def path_peer(path: int) -> int:
+    return path >> _PEER_SHIFT
+
+
+def path_ident(path: int) -> int:
+    """(peer, path id) packed: identifies a path within a prefix (RFC 7911)."""
+    return path >> _PID_SHIFT
+
+
+def path_id(path: int) -> int:
+    return (path >> _PID_SHIFT) & _PID_MASK
+
+
+def path_nh(path: int) -> int:
+    return (path >> _NH_SHIFT) & _NH_MASK
+
+
+def path_attrs(path: int) -> int:
+    return path & _ATTR_MASK
+
+
+# ---- policy --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImportPolicy:
+    accept: tuple[IPNetwork, ...] = ()  # empty: everything not rejected
+    reject: tuple[IPNetwork, ...] = ()
+    allow_default: bool = False
+    router_id: IPv4Address | None = None
+    own_addresses: frozenset[IPAddress] = frozenset()
+
+    def admits(self, route: Route) -> str:
+        """"" when the path is accepted, else why not."""
+        prefix = route.prefix
+        if prefix.prefixlen == 0 and not self.allow_default:
+            return "default route"
+        if self.accept and not any(_within(prefix, net) for net in self.accept):
+            return "not in accept list"
+        if any(_within(prefix, net) for net in self.reject):
+            return "in reject list"
+        if self.router_id is not None and route.attributes.originator_id == self.router_id:
+            return "our own route (ORIGINATOR_ID)"
+        if route.next_hop in self.own_addresses:
+            return "next hop is this host"
+        return ""
+
+
+def _within(prefix: IPNetwork, net: IPNetwork) -> bool:
+    return prefix.version == net.version and prefix.subnet_of(net)  # type: ignore[arg-type]
+
+
+class MaxPrefixExceeded(Exception):
+    def __init__(self, peer: str, limit: int) -> None:
+        super().__init__(f"peer {peer}: more than {limit} prefixes received (max_prefixes)")
+        self.peer = peer
+        self.limit = limit
+
+
+# ---- the RIB -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PeerState:
+    name: str
+    index: int
+    max_prefixes: int
+    count: int = 0  # stored (accepted) paths
+    filtered: int = 0  # paths rejected by policy since the session came up
+    stale_alias: int | None = None  # index of the alias holding its stale paths
+
+
+@dataclass(slots=True)
+class RibStats:
+    updates: int = 0
+    announced: int = 0
+    withdrawn: int = 0
+    filtered: int = 0
+    treat_as_withdraw: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    next_hops: tuple[IPAddress, ...]
+    local_pref: int
+    best_peer: str
+    paths: int
+
+
+#: Per changed prefix key: the interned ECMP next-hop set index, or None (no route).
+SelectionDelta = dict[int, int | None]
+
+
+@dataclass(slots=True)
+class AdjRibIn:
+    policy: ImportPolicy = field(default_factory=ImportPolicy)
+    paths: dict[int, int | tuple[int, ...]] = field(default_factory=dict)
+    selected: dict[int, int] = field(default_factory=dict)  # key -> ECMP set index
+    next_hops: Interner[IPAddress] = field(default_factory=Interner)
+    attributes: Interner[PathAttributes] = field(default_factory=Interner)
+    ecmp_sets: Interner[tuple[int, ...]] = field(default_factory=Interner)
+    peers: dict[str, PeerState] = field(default_factory=dict)
+    _by_index: dict[int, PeerState] = field(default_factory=dict)
+    _next_index: int = 0
+    stats: RibStats = field(default_factory=RibStats)
+
+    # ---- peers -------------------------------------------------------------------------
+
+    def add_peer(self, name: str, max_prefixes: int = 500_000) -> PeerState:
+        peer = self.peers.get(name)
+        if peer is None:
+            peer = PeerState(name, self._alloc_index(), max_prefixes)
+            self.peers[name] = peer
+            self._by_index[peer.index] = peer
+        peer.max_prefixes = max_prefixes
+        return peer
+
+    def _alloc_index(self) -> int:
+        used = set(self._by_index)
+        while self._next_index in used:
+            self._next_index = (self._next_index + 1) % MAX_PEERS
+        idx = self._next_index
+        self._next_index = (idx + 1) % MAX_PEERS
+        return idx
+
+    def peer_name(self, index: int) -> str:
+        peer = self._by_index.get(index)
+        return peer.name if peer is not None else f"#{index}"
+
+    # ---- input ---------------------------------------------------------------------------
+
+    def apply_update(self, peer_name: str, update: Update) -> SelectionDelta:
+        """Store an UPDATE's paths; return the prefixes whose selection changed. Raises
+        :class:`MaxPrefixExceeded` (after storing) when the peer went over its limit."""
+        peer = self.peers[peer_name]
+        self.stats.updates += 1
+        if update.treat_as_withdraw:
+            self.stats.treat_as_withdraw += 1
+        touched: set[int] = set()
+        for prefix, pid in update.withdrawn:
+            key = prefix_key(prefix)
+            if self._remove(key, (peer.index << _PID_BITS) | pid):
+                peer.count -= 1
+                touched.add(key)
+            self.stats.withdrawn += 1
+        admits = self.policy.admits
+        nh_add = self.next_hops.add
+        at_add = self.attributes.add
+        for route in update.announced:
+            self.stats.announced += 1
+            key = prefix_key(route.prefix)
+            ident = (peer.index << _PID_BITS) | route.path_id
+            if admits(route):
+                peer.filtered += 1
+                self.stats.filtered += 1
+                if self._remove(key, ident):  # an implicit withdraw of the earlier path
+                    peer.count -= 1
+                    touched.add(key)
+                continue
+            path = pack_path(peer.index, route.path_id, nh_add(route.next_hop),
+                             at_add(route.attributes))
+            added = self._put(key, ident, path)
+            if added is None:
+                continue  # identical path again
+            if added:
+                peer.count += 1
+            touched.add(key)
+        delta = self._reselect(touched)
+        if peer.count > peer.max_prefixes:
+            raise MaxPrefixExceeded(peer.name, peer.max_prefixes)
+        return delta
+
+    def _put(self, key: int, ident: int, path: int) -> bool | None:
+        """True: new path; False: replaced one; None: the same path was already there."""
+        have = self.paths.get(key)
+        if have is None:
+            self.paths[key] = path
+            return True
+        if isinstance(have, int):
+            if have >> _PID_SHIFT == ident:
+                if have == path:
+                    return None
+                self.paths[key] = path
+                return False
+            self.paths[key] = (have, path)
+            return True
+        for i, p in enumerate(have):
+            if p >> _PID_SHIFT == ident:
+                if p == path:
+                    return None
+                self.paths[key] = (*have[:i], path, *have[i + 1 :])
+                return False
+        self.paths[key] = (*have, path)
+        return True
+
+    def _remove(self, key: int, ident: int) -> bool:
+        have = self.paths.get(key)
+        if have is None:
+            return False
+        if isinstance(have, int):
+            if have >> _PID_SHIFT == ident:
+                del self.paths[key]
+                return True
+            return False
+        rest = tuple(p for p in have if p >> _PID_SHIFT != ident)
+        if len(rest) == len(have):
+            return False
+        self.paths[key] = rest[0] if len(rest) == 1 else rest
+        return True
+
+    def remove_peer_paths(self, index: int) -> SelectionDelta:
+        """Drop every path of a peer (or of a stale alias). O(prefixes)."""
+        touched: set[int] = set()
+        for key, have in list(self.paths.items()):
+            if isinstance(have, int):
+                if have >> _PEER_SHIFT == index:
+                    del self.paths[key]
+                    touched.add(key)
+            elif any(p >> _PEER_SHIFT == index for p in have):
+                rest = tuple(p for p in have if p >> _PEER_SHIFT != index)
+                if not rest:
+                    del self.paths[key]
+                else:
+                    self.paths[key] = rest[0] if len(rest) == 1 else rest
+                touched.add(key)
+        return self._reselect(touched)
+
+    def peer_down(self, peer_name: str) -> SelectionDelta:
+        """The session ended without graceful restart: its paths go now."""
+        peer = self.peers[peer_name]
+        peer.count = 0
+        peer.filtered = 0
+        return self.remove_peer_paths(peer.index)
+
+    def mark_stale(self, peer_name: str) -> None:
+        """The session ended and the peer restarts gracefully: keep its paths, as stale.
+
+        The paths move to an alias index, so the re-established session's fresh paths
+        sit beside them; an older stale generation (a second drop before End-of-RIB) is
+        merged into the same alias."""
+        peer = self.peers[peer_name]
+        if peer.stale_alias is None:
+            alias = PeerState(f"{peer.name} (stale)", self._alloc_index(), 0)
+            self._by_index[alias.index] = alias
+            peer.stale_alias = alias.index
+        alias_index = peer.stale_alias
+        shift = _PEER_SHIFT
+        for key, have in self.paths.items():
+            if isinstance(have, int):
+                if have >> shift == peer.index:
+                    self.paths[key] = (have & ((1 << shift) - 1)) | (alias_index << shift)
+            elif any(p >> shift == peer.index for p in have):
+                self.paths[key] = tuple(
+                    (p & ((1 << shift) - 1)) | (alias_index << shift)
+                    if p >> shift == peer.index else p
+                    for p in have
+                )
+        peer.count = 0
+        peer.filtered = 0
+
+    def sweep_stale(self, peer_name: str) -> SelectionDelta:
+        """End-of-RIB received or restart time over: the stale paths go."""
+        peer = self.peers[peer_name]
+        if peer.stale_alias is None:
+            return {}
+        alias = peer.stale_alias
+        peer.stale_alias = None
+        delta = self.remove_peer_paths(alias)
+        del self._by_index[alias]
+        return delta
+
+    def has_stale(self, peer_name: str) -> bool:
+        return self.peers[peer_name].stale_alias is not None
+
+    # ---- selection -----------------------------------------------------------------------
+
+    def _rank(self, path: int) -> tuple[int, int, int, int]:
+        a = self.attributes.values[path & _ATTR_MASK]
+        lp = 100 if a.local_pref is None else a.local_pref
+        return (lp, -len(a.as_path), -a.origin, -(a.med or 0))
+
+    def _select(self, have: int | tuple[int, ...]) -> int:
+        if isinstance(have, int):
+            return self.ecmp_sets.add((have >> _NH_SHIFT & _NH_MASK,))
+        ranks = [self._rank(p) for p in have]
+        top = max(ranks)
+        hops = sorted({p >> _NH_SHIFT & _NH_MASK for p, r in zip(have, ranks, strict=True)
+                       if r == top})
+        return self.ecmp_sets.add(tuple(hops))
+
+    def _reselect(self, keys: Iterable[int]) -> SelectionDelta:
+        delta: SelectionDelta = {}
+        selected = self.selected
+        for key in keys:
+            have = self.paths.get(key)
+            new = None if have is None else self._select(have)
+            if selected.get(key) != new:
+                if new is None:
+                    del selected[key]
+                else:
+                    selected[key] = new
+                delta[key] = new
+        return delta
+
+    def reselect_all(self) -> SelectionDelta:
+        return self._reselect(set(self.paths) | set(self.selected))
+
+    # ---- views ---------------------------------------------------------------------------
+
+    def ecmp_next_hops(self, set_index: int) -> tuple[IPAddress, ...]:
+        return tuple(self.next_hops.values[i] for i in self.ecmp_sets.values[set_index])
+
+    def lookup(self, prefix: IPNetwork) -> tuple[Selected | None, list[dict[str, object]]]:
+        """The selection and every stored path of one prefix (for l3hostctl)."""
+        key = prefix_key(prefix)
+        have = self.paths.get(key)
+        if have is None:
+            return None, []
+        paths = (have,) if isinstance(have, int) else have
+        rows = []
+        for p in paths:
+            a = self.attributes.values[path_attrs(p)]
+            rows.append({
+                "peer": self.peer_name(path_peer(p)),
+                "path_id": path_id(p),
+                "next_hop": str(self.next_hops.values[path_nh(p)]),
+                "local_pref": a.local_pref,
+                "as_path": list(a.as_path),
+                "communities": [f"{c >> 16}:{c & 0xFFFF}" for c in a.communities],
+                "originator_id": str(a.originator_id) if a.originator_id else None,
+            })
+        ranks = [self._rank(p) for p in paths]
+        best = max(range(len(paths)), key=lambda i: (ranks[i], -path_peer(paths[i])))
+        sel = Selected(self.ecmp_next_hops(self.selected[key]), ranks[best][0],
+                       self.peer_name(path_peer(paths[best])), len(paths))
+        return sel, rows
+
+    def iter_selected(self) -> Iterator[tuple[int, int]]:
+        return iter(self.selected.items())
+
+    def prefix_count(self) -> int:
+        return len(self.paths)

@@ -1,0 +1,248 @@
+"""asyncio glue for one peer: sockets and timers around the sans-IO :mod:`~l3hostd.bgp.fsm`.
+
+The session decides, this module only pumps: every input (bytes received, connection
+made/failed/lost, timer due) is handed to the :class:`~l3hostd.bgp.fsm.Session` with
+``loop.time()``, then its actions are carried out -- open a connection, write bytes,
+close -- and its events (Established, UPDATE received, down...) go to the manager's
+callback. One timer handle follows ``session.next_deadline()``.
+
+The connection (active only, like a BIRD client of a route reflector): a TCP socket bound
+to the configured source address, IP TTL / IPv6 hop limit 255 for multihop iBGP (1
+otherwise), TCP_NODELAY, and TCP-MD5 (RFC 2385, ``TCP_MD5SIG``) when a password is set.
+Writes go through the transport; ``writable()`` lets the manager's sender wait while more
+than ``HIGH_WATER`` bytes are queued for a peer that reads slowly, so one stuck peer never
+grows memory without bound or blocks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from ipaddress import ip_address
+
+from l3hostd.bgp import fsm
+from l3hostd.model import IPAddress
+
+log = logging.getLogger("l3hostd.bgp")
+
+TCP_MD5SIG = 14
+TCP_MD5SIG_MAXKEYLEN = 80
+CONNECT_TIMEOUT = 10.0
+HIGH_WATER = 1 << 20
+LOW_WATER = 256 << 10
+
+EventCallback = Callable[["PeerSpeaker", object], None]
+
+
+def md5sig(peer: IPAddress, key: bytes) -> bytes:
+    """``struct tcp_md5sig`` for ``setsockopt(IPPROTO_TCP, TCP_MD5SIG, ...)``."""
+    if len(key) > TCP_MD5SIG_MAXKEYLEN:
+        raise ValueError("TCP-MD5 key longer than 80 bytes")
+    if peer.version == 4:
+        addr = struct.pack("=H", socket.AF_INET) + b"\0\0" + peer.packed
+    else:
+        addr = struct.pack("=H", socket.AF_INET6) + b"\0\0" + b"\0" * 4 + peer.packed
+    addr = addr.ljust(128, b"\0")  # struct __kernel_sockaddr_storage
+    return addr + struct.pack("=BBHi", 0, 0, len(key), 0) + key.ljust(TCP_MD5SIG_MAXKEYLEN, b"\0")
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, speaker: PeerSpeaker) -> None:
+        self.speaker = speaker
+        self.transport: asyncio.Transport | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        self.speaker._on_data(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._drained.set()
+        self.speaker._on_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+
+
+class PeerSpeaker:
+    def __init__(
+        self,
+        name: str,
+        address: IPAddress,
+        port: int,
+        source: IPAddress | None,
+        multihop: bool,
+        password: bytes | None,
+        session: fsm.Session,
+        on_event: EventCallback,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.port = port
+        self.source = source
+        self.multihop = multihop
+        self.password = password
+        self.session = session
+        self._on_event = on_event
+        self._loop = asyncio.get_running_loop()
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.local_address: IPAddress | None = None
+        self.last_error = ""
+
+    # ---- control -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.session.start(self._loop.time())
+        self._pump()
+
+    def stop(self, notification: object | None) -> None:
+        """Stop the session: with a NOTIFICATION, or (None) by closing the connection only
+        -- the graceful-restart way, so that the peer keeps our routes as stale."""
+        self.session.stop(self._loop.time(), notification)  # type: ignore[arg-type]
+        self._pump()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def send(self, messages: list[bytes]) -> None:
+        self.session.send_updates(messages)
+        self._pump()
+
+    async def writable(self) -> None:
+        """Wait while the peer's socket has more than HIGH_WATER bytes queued."""
+        proto = self._protocol
+        if proto is not None:
+            await proto._drained.wait()
+
+    def request_route_refresh(self, family: tuple[int, int]) -> None:
+        self.session.request_route_refresh(family)
+        self._pump()
+
+    @property
+    def write_buffer(self) -> int:
+        proto = self._protocol
+        return proto.transport.get_write_buffer_size() if proto and proto.transport else 0
+
+    # ---- the pump ---------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        for action in self.session.take_actions():
+            if isinstance(action, fsm.Connect):
+                self._connect()
+            elif isinstance(action, fsm.Send):
+                proto = self._protocol
+                if proto is not None and proto.transport is not None:
+                    proto.transport.write(action.data)
+            elif isinstance(action, fsm.Disconnect):
+                self._disconnect()
+            else:
+                self._on_event(self, action)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.session.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and abs(self._timer.when() - deadline) < 1e-6:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.session.handle_timer(self._loop.time())
+        self._pump()
+
+    # ---- the connection -----------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            return
+        self._connecting = asyncio.create_task(self._open(), name=f"bgp-connect-{self.name}")
+
+    async def _open(self) -> None:
+        family = socket.AF_INET if self.address.version == 4 else socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ttl = 255 if self.multihop else 1
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+            if self.password:
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_MD5SIG, md5sig(self.address,
+                                                                       self.password))
+            if self.source is not None:
+                sock.bind((str(self.source), 0))
+            await asyncio.wait_for(
+                self._loop.sock_connect(sock, (str(self.address), self.port)), CONNECT_TIMEOUT
+            )
+            _, proto = await self._loop.create_connection(lambda: _Protocol(self), sock=sock)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            self.last_error = f"connect: {exc}"
+            log.debug("peer %s: %s", self.name, self.last_error)
+            self.session.connection_failed(self._loop.time())
+            self._pump()
+            return
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        self._protocol = proto
+        self.local_address = ip_address(sock.getsockname()[0])
+        self.session.connection_made(self._loop.time())
+        self._pump()
+
+    def _disconnect(self) -> None:
+        proto = self._protocol
+        self._protocol = None
+        if proto is not None and proto.transport is not None:
+            # flush a queued NOTIFICATION, then close; abort if the peer does not read
+            transport = proto.transport
+            transport.close()
+            self._loop.call_later(2.0, transport.abort)
+
+    def _on_data(self, proto: _Protocol, data: bytes) -> None:
+        if proto is not self._protocol:
+            return
+        self.session.receive_data(data, self._loop.time())
+        self._pump()
+
+    def _on_lost(self, proto: _Protocol, exc: Exception | None) -> None:
+        if proto is not self._protocol:
+            return
+        self._protocol = None
+        if exc is not None:
+            self.last_error = f"connection lost: {exc}"
+        self.session.connection_lost(self._loop.time())
+        self._pump()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        proto = self._protocol
+        self._protocol = None
+        if proto is not None and proto.transport is not None:
+            with contextlib.suppress(Exception):
+                proto.transport.abort()

@@ -1,0 +1,187 @@
+"""Kernel-learn mode: routes that *another* component installed on export interfaces.
+
+On a Calico-style hypervisor Felix (or an operator) installs ``<ip>/32 dev tapX`` routes;
+BIRD's ``protocol kernel { learn; }`` picks them up and exports those whose interface
+matches ``tap*``, ``cali*``, ``dummy1``... This watcher does the same for l3hostd: every
+route in the export table whose output device matches ``bgp.export.interfaces``, whose
+protocol is not ours (44, 45) nor ``kernel`` (2: addresses' connected routes), that is a
+unicast route and not a default route, is an export candidate; per prefix the lowest
+metric counts (it becomes LOCAL_PREF = 2^31-1 - metric).
+
+Sources of truth, as for links: route events on a socket of its own (IPv4 and IPv6 route
+groups, 32 MiB buffer) are hints; on overflow -- our own bulk installs of learned routes
+can flood it -- and on the periodic resync the routes of each matching interface are
+dumped with a kernel-side ``RTA_OIF`` filter (cheap: only those devices' routes). Linux
+sends no RTM_DELROUTE when a device goes away or down, so link events drop that device's
+routes here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable, Iterable
+
+from l3hostd.calc import matches
+from l3hostd.model import RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP, IPNetwork, Link
+from l3hostd.netlink import wire
+from l3hostd.netlink.batch import RtnlBatchSocket
+
+log = logging.getLogger("l3hostd.netlink.routewatch")
+
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
+SO_RCVBUFFORCE = 33
+RCVBUF = 32 << 20
+RTPROT_REDIRECT = 1
+RTPROT_KERNEL = 2
+IGNORED_PROTOCOLS = frozenset({RTPROT_REDIRECT, RTPROT_KERNEL, RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP})
+
+#: per prefix: (ifindex, protocol, metric) of every candidate route seen
+_Routes = dict[IPNetwork, set[tuple[int, int, int]]]
+
+#: called with a prefix and its export metric, or None when it is no longer exported
+ChangeCallback = Callable[[IPNetwork, int | None], None]
+
+
+class KernelRouteWatch:
+    def __init__(
+        self, patterns: Iterable[str], table: int, on_change: ChangeCallback
+    ) -> None:
+        self.patterns = tuple(patterns)
+        self.table = table
+        self._on_change = on_change
+        self._ifindexes: dict[int, str] = {}  # matching links
+        self._routes: _Routes = {}
+        self._exported: dict[IPNetwork, int] = {}
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.resync_needed = asyncio.Event()
+        self.overflows = 0
+
+    # ---- links -----------------------------------------------------------------------------
+
+    def on_link(self, link: Link) -> None:
+        match = matches(link.ifname, self.patterns)
+        if match and link.admin_up:
+            if link.ifindex not in self._ifindexes:
+                self._ifindexes[link.ifindex] = link.ifname
+                self.resync_needed.set()  # read the routes it already has
+        elif link.ifindex in self._ifindexes:
+            del self._ifindexes[link.ifindex]
+            self._drop_ifindex(link.ifindex)
+
+    def on_link_removed(self, ifindex: int) -> None:
+        if self._ifindexes.pop(ifindex, None) is not None:
+            self._drop_ifindex(ifindex)
+
+    def _drop_ifindex(self, ifindex: int) -> None:
+        touched = []
+        for prefix, seen in self._routes.items():
+            if any(s[0] == ifindex for s in seen):
+                seen.difference_update({s for s in seen if s[0] == ifindex})
+                touched.append(prefix)
+        self._publish(touched)
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                             socket.NETLINK_ROUTE)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self.resync_needed.set()
+
+    def stop(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        touched: list[IPNetwork] = []
+        for _ in range(256):
+            try:
+                data = self._sock.recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.overflows += 1
+                    self.resync_needed.set()
+                    continue
+                log.error("route event socket failed: %s", exc)
+                self.resync_needed.set()
+                break
+            for mtype, _flags, _seq, start, end in wire.iter_headers(data):
+                if mtype not in (wire.RTM_NEWROUTE, wire.RTM_DELROUTE):
+                    continue
+                rec = wire.parse_route(data, start, end)
+                if not self._candidate(rec):
+                    continue
+                assert rec.oif is not None
+                seen = self._routes.setdefault(rec.dst, set())
+                item = (rec.oif, rec.protocol, rec.priority or 0)
+                if mtype == wire.RTM_NEWROUTE:
+                    seen.add(item)
+                else:
+                    seen.discard(item)
+                touched.append(rec.dst)
+        self._publish(touched)
+
+    def _candidate(self, rec: wire.RouteRecord) -> bool:
+        return (
+            rec.table == self.table
+            and rec.oif in self._ifindexes
+            and rec.protocol not in IGNORED_PROTOCOLS
+            and rec.type == wire.RTN_UNICAST
+            and rec.dst.prefixlen > 0
+        )
+
+    def _publish(self, prefixes: Iterable[IPNetwork]) -> None:
+        for prefix in set(prefixes):
+            seen = self._routes.get(prefix)
+            metric = min((s[2] for s in seen), default=None) if seen else None
+            if not seen:
+                self._routes.pop(prefix, None)
+            if self._exported.get(prefix) != metric:
+                if metric is None:
+                    del self._exported[prefix]
+                else:
+                    self._exported[prefix] = metric
+                self._on_change(prefix, metric)
+
+    # ---- resync -----------------------------------------------------------------------------
+
+    async def resync(self, batch: RtnlBatchSocket) -> None:
+        """Re-read the routes of every matching device (kernel-side RTA_OIF filter)."""
+        self.resync_needed.clear()
+        fresh: _Routes = {}
+        for ifindex in list(self._ifindexes):
+            for family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    records = await batch.dump_routes(family, 0, self.table, oif=ifindex)
+                except OSError as exc:
+                    log.debug("route dump of ifindex %d failed: %s", ifindex, exc)
+                    continue
+                for rec in records:
+                    if self._candidate(rec) and rec.oif == ifindex:
+                        fresh.setdefault(rec.dst, set()).add(
+                            (ifindex, rec.protocol, rec.priority or 0)
+                        )
+        touched = set(self._routes) | set(fresh)
+        self._routes = fresh
+        self._publish(touched)
+
+    @property
+    def exported(self) -> dict[IPNetwork, int]:
+        return dict(self._exported)
