@@ -5,7 +5,7 @@ side on the same topology:
 
     hv1 ──eth0── 100.64.1.0/24 ──┐
     hv2 ──eth0── 100.64.2.0/24 ──┤ rr   (BIRD route reflector, forwarding on)
-    hvN ──eth0── 100.64.N.0/24 ──┘
+    hvN ──eth0── 100.64.N.0/24 ──┘      (or all on one bridge: ``shared_fabric=True``)
 
 How it works
     - :class:`BirdRouter` writes ``bird.conf`` into ``lab.workdir/<name>/`` and runs
@@ -34,8 +34,13 @@ Why it is built this way
     exit, also on failure.
 
 BIRD 2.0.12 pitfalls met here
-    - ``rr`` is a keyword of the config grammar: ``protocol bgp rr`` is a syntax error, so
-      the hypervisor's sessions are called ``rr4`` and ``rr6``.
+    - ``rr`` and ``originate`` are keywords of the config grammar: ``protocol bgp rr`` is a
+      syntax error, so the hypervisor's sessions are ``rr4``/``rr6`` and the reflector's
+      static protocol is ``rr_static``.
+    - iBGP sessions are multihop by default, and a multihop session cannot use ``gateway
+      direct``: with ``gateway recursive`` and no route to the clients in its table, the
+      reflector marked their routes unreachable (and installed them so). The reflector's
+      sessions are ``direct`` (its clients are on its links).
     - Default timers are made for routers, not tests: ``connect delay time`` 5 s and
       ``connect retry time`` 120 s. Both are lowered here (1 s / 2 s).
     - ADD-PATH must be configured on both ends: ``add paths tx`` on the reflector,
@@ -46,6 +51,21 @@ BIRD 2.0.12 pitfalls met here
       client's session (``100.64.<i>.254``), directly connected and usable by every client.
       ``via <address>`` would send the same gateway to all clients, which is on-link for one
       of them only.
+    - Graceful restart: a restarted BIRD must run with ``-R`` (Calico does), otherwise its
+      OPEN says "forwarding state not preserved" and peers drop its routes at once (RFC
+      4724); :meth:`BirdRouter.start` adds ``-R`` on every start but the first. In
+      recovery BIRD holds its exports until every peer sent End-of-RIB (or ``graceful
+      restart wait``, 240 s by default, 20 s here). After "Graceful restart done",
+      2.0.12 needed two more turns of its main loop to export and then send: with no
+      timer due, its ``poll()`` sleeps up to 3 s each time, so a restarted reflector sent
+      its routes and End-of-RIB ~6 s later. A 1 s device scan on the reflector (a timer)
+      brings that to <= 2 s.
+    - The kernel protocol exports device routes of ``protocol direct`` too (duplicates of
+      the connected routes, ``proto bird metric 32``) unless its filter rejects
+      ``RTS_DEVICE``.
+    - A route learned from the kernel has preference 10, a BGP route 100: when another
+      hypervisor announces the same prefix (anycast), BIRD prefers the BGP path, stops
+      announcing its own and installs the remote one beside Felix's (metric 32).
     - A multihop session resolves next hops recursively (``gateway recursive``) through the
       table; the hypervisor's default route reaches that table only because the kernel
       protocol has ``learn`` (routes added by ``ip`` are proto ``boot``, alien to BIRD).
@@ -137,6 +157,7 @@ class BirdRouter:
         self.pidfile = self.dir / "bird.pid"
         self.log_name = f"bird-{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
         if config is not None:
             self.write_config(config)
 
@@ -172,14 +193,21 @@ class BirdRouter:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = 30, recovery: bool = False) -> None:
+    def start(self, timeout: float = 30, recovery: bool | None = None) -> None:
         """Start BIRD (config already written) and wait until its control socket answers.
 
         ``recovery`` starts it with ``-R`` (graceful restart recovery, as Calico runs it):
-        the BGP OPEN carries the restart flag, so peers keep our routes as stale until our
-        End-of-RIB, and the kernel protocol prunes its old routes only after convergence.
-        Without it a restarted BIRD is a new speaker: the reflector drops its routes at once.
+        its OPEN carries the restart flag and "forwarding state preserved" for each
+        family, so peers keep its routes as stale until its End-of-RIB, and its kernel
+        protocol prunes old routes only after convergence. Without ``-R`` a restarted BIRD
+        is a new speaker: RFC 4724 makes its peers drop its stale routes at once.
+        ``None`` (default): ``-R`` on every start but the first. (Not on the first: in
+        recovery BIRD holds its exports until every peer has sent End-of-RIB or
+        ``graceful restart wait`` ends, and a peer may not be started yet.)
         """
+        if recovery is None:
+            recovery = self.starts > 0
+        self.starts += 1
         if self.running():
             raise BirdError(f"BIRD {self.name} is already running")
         if not self.conf.exists():
@@ -213,7 +241,7 @@ class BirdRouter:
         """SIGKILL: BIRD gets no chance to close sessions (graceful restart tests)."""
         self.stop(signal.SIGKILL)
 
-    def restart(self, sig: int = signal.SIGTERM, timeout: float = 30, recovery: bool = True
+    def restart(self, sig: int = signal.SIGTERM, timeout: float = 30, recovery: bool = True,
                 ) -> None:
         """Stop with ``sig`` (SIGTERM: BIRD closes its sessions with a Cease; SIGKILL: it
         does not; ``persist`` keeps its kernel routes either way), then start again with the
@@ -240,24 +268,28 @@ class BirdRouter:
     def birdc(self, *cmd: str, timeout: float = 30) -> str:
         """Run one ``birdc`` command; return its output without the greeting line."""
         proc = self._birdc(" ".join(cmd), timeout)
-        if proc.returncode != 0:
-            raise BirdError(f"birdc {' '.join(cmd)} ({self.name}): {proc.stderr.strip()}")
         lines = proc.stdout.splitlines()
         if lines and lines[0].startswith("BIRD ") and lines[0].endswith("ready."):
             lines = lines[1:]
+        if proc.returncode != 0:  # birdc prints BIRD's error on stdout and exits 1
+            error = " ".join(lines) or proc.stderr.strip()
+            raise BirdError(f"birdc {' '.join(cmd)} ({self.name}): {error}")
         return "\n".join(lines) + "\n"
 
     def protocols(self) -> dict[str, dict[str, str]]:
-        """``show protocols``: name -> {proto, table, state, since, info}."""
+        """``show protocols``: name -> {proto, table, state, since, info}.
+
+        ``since`` is two words with the ``timeformat protocol`` of the generated configs
+        (date and time); ``info`` is e.g. ``Established`` or ``Active  Socket: ...``."""
         out: dict[str, dict[str, str]] = {}
         for line in self.birdc("show", "protocols").splitlines()[1:]:
-            parts = line.split(None, 5)
-            if len(parts) < 5:
+            parts = line.split(None, 6)
+            if len(parts) < 6:
                 continue
-            name, proto, table, state = parts[:4]
-            # ``since`` is one or two words (date and time, depending on timeformat)
-            rest = line.split(None, 4)[4]
-            out[name] = {"proto": proto, "table": table, "state": state, "info": rest}
+            name, proto, table, state, day, clock = parts[:6]
+            info = parts[6].strip() if len(parts) > 6 else ""
+            out[name] = {"proto": proto, "table": table, "state": state,
+                         "since": f"{day} {clock}", "info": info}
         return out
 
     def established(self, peer_name: str) -> bool:
@@ -346,6 +378,7 @@ log stderr all;
 timeformat log "%F %T.%6f";
 timeformat protocol "%F %T.%3f";
 debug protocols {{ states }};
+graceful restart wait 20;
 
 protocol device {{
   scan time {scan_time};
@@ -375,7 +408,7 @@ def _proto_name(name: str) -> str:
 def rr_config(
     router_id: str,
     asn: int,
-    clients: Sequence[tuple[str, str]],
+    clients: Sequence[tuple[str, str] | tuple[str, str, str]],
     add_path_tx: bool = True,
     graceful_restart: bool = True,
     static_routes: int = 0,
@@ -383,7 +416,7 @@ def rr_config(
     kernel_export: bool = True,
     hold_time: int | None = None,
 ) -> str:
-    """A BIRD 2 route reflector for ``clients`` = [(name, address), ...].
+    """A BIRD 2 route reflector for ``clients`` = [(name, address[, local address]), ...].
 
     Each client gets ``protocol bgp <name>`` with ``rr client``, ``import all; export all``
     on the channel of the address family of its address (NREC: IPv4 sessions carry IPv4
@@ -398,8 +431,10 @@ def rr_config(
     ``kernel_export`` installs the routes learned over BGP (not the static ones) into the
     reflector's kernel, so that traffic between hypervisors' VMs crosses the RR namespace.
     """
-    lines = [_PREAMBLE.format(router_id=router_id, scan_time=10)]
-    families = {_version(address) for _, address in clients}
+    # scan time 1: the device scan timer is what wakes BIRD's loop after graceful-restart
+    # recovery (see the module docstring); interfaces here are few, a scan costs nothing
+    lines = [_PREAMBLE.format(router_id=router_id, scan_time=1)]
+    families = {_version(client[1]) for client in clients}
     if kernel_export:
         for family in sorted(families):
             lines.append(
@@ -419,14 +454,16 @@ def rr_config(
             f"  route {cls(base + i)}/{plen} blackhole;\n" for i in range(static_routes)
         )
         lines.append(f"protocol static rr_static {{\n  ipv{net.version};\n{routes}}}\n")
-    for name, address in clients:
+    for client in clients:
+        name, address = client[0], client[1]
+        local = f"{client[2]} " if len(client) > 2 else ""
         family = _version(address)
         channel = "import all; export all;"
         if add_path_tx:
             channel += " add paths tx;"
         lines.append(
             f"protocol bgp {_proto_name(name)} {{\n"
-            f"  local as {asn};\n"
+            f"  local {local}as {asn};\n"
             f"  neighbor {address} as {asn};\n"
             f"  rr client;\n"
             f"  direct;\n"
@@ -457,8 +494,10 @@ def calico_hv_config(
 
     - ``protocol kernel``: ``learn`` the routes Felix adds to the TAPs, ``persist``
       (routes stay in the kernel when BIRD stops), ``scan time``, ``merge paths on``
-      (ECMP), ``graceful restart``; ``import all; export all`` into ``kernel_table``.
-    - ``protocol device`` with the same scan time.
+      (ECMP), ``graceful restart``; ``import all``, export everything but device routes
+      into ``kernel_table``.
+    - ``protocol device`` with the same scan time; ``protocol direct`` on every interface
+      but the TAP patterns (connected networks, to resolve next hops on-link).
     - ``protocol bgp rr4`` (and ``rr6`` if ``rr6_address`` is given, IPv6 routes over an
       IPv6 session): multihop, source address, graceful restart, ``import all``, export
       filter ``calico_export_to_bgp`` (routes whose interface matches one of
@@ -483,6 +522,18 @@ def calico_hv_config(
         if source6_address is None:
             raise ValueError("rr6_address needs source6_address")
         sessions.append(("rr6", rr6_address, source6_address))
+    # Connected networks of the non-TAP interfaces (Calico's ``protocol direct``): next hops
+    # on a shared fabric resolve on-link instead of through the default route. BIRD 2.0.12
+    # would export these device routes to the kernel too (duplicates of the connected
+    # routes, ``proto bird metric 32``): the kernel protocol's export filter skips them.
+    excluded = ", ".join(f'-"{pattern}"' for pattern in interfaces)
+    direct_channels = " ".join(f"ipv{_version(address)};" for _, address, _ in sessions)
+    lines.append(
+        f"protocol direct {{\n"
+        f"  {direct_channels}\n"
+        f'  interface {excluded}, "*";\n'
+        f"}}\n"
+    )
     for _, address, _ in sessions:
         family = _version(address)
         lines.append(
@@ -493,7 +544,7 @@ def calico_hv_config(
             f"  kernel table {kernel_table};\n"
             f"  merge paths on;\n"
             + ("  graceful restart;\n" if graceful_restart else "")
-            + f"  ipv{family} {{ import all; export all; }};\n"
+            + f"  ipv{family} {{ import all; export where source != RTS_DEVICE; }};\n"
             f"}}\n"
         )
     for name, address, source in sessions:
@@ -550,6 +601,8 @@ class Speaker(Protocol):
     #: Its sessions to the reflector.
     peer_names: list[str]
 
+    @property
+    def pid(self) -> int: ...
     def start(self) -> None: ...
     def stop(self, sig: int = signal.SIGTERM) -> None: ...
     def running(self) -> bool: ...
@@ -574,6 +627,10 @@ class BirdSpeaker:
             **(options or {}),
         ))
         self.peer_names = ["rr4"] + (["rr6"] if rr6 else [])
+
+    @property
+    def pid(self) -> int:
+        return self.router.pid
 
     def start(self) -> None:
         self.router.start()
@@ -660,10 +717,14 @@ class L3hostdSpeaker:
         return wait_until(check, timeout, interval=0.02,
                           what=f"l3hostd on {self.hv.role}: sessions Established")
 
-    def rss_kib(self) -> Rss:
+    @property
+    def pid(self) -> int:
         if self.hv.proc is None or self.hv.proc.poll() is not None:
             raise LabError(f"l3hostd on {self.hv.role} is not running")
-        return process_rss(self.hv.proc.pid)
+        return self.hv.proc.pid  # ``ip netns exec`` execs the interpreter
+
+    def rss_kib(self) -> Rss:
+        return process_rss(self.pid)
 
 
 # ------------------------------------------------------------------------------ topology
@@ -674,7 +735,11 @@ class BgpTopology:
 
     ``hv<i>`` is connected to ``rr`` by its own veth (``eth0`` 100.64.<i>.1/24 and
     fd00:64:<i>::1/64, the reflector's side ``.254`` / ``::254``); the RR forwards, so the
-    hypervisors reach each other through it. Nothing is started by the constructor:
+    hypervisors reach each other through it and a learned route's next hop (another
+    hypervisor) resolves through the default route to the RR. ``shared_fabric=True`` puts
+    every ``eth0`` on one bridge in ``rr`` instead (same addresses, in 100.64.0.0/16 and
+    fd00:64::/32): next hops are then on-link, and a prefix announced by several
+    hypervisors shows as ECMP on the others. Nothing is started by the constructor:
     call :meth:`start` (reflector, then every speaker) or :meth:`start_rr` and
     :meth:`start_speaker` to time one session coming up.
 
@@ -694,23 +759,31 @@ class BgpTopology:
         rr_options: dict[str, Any] | None = None,
         bird_config: dict[str, Any] | None = None,
         l3hostd_config: dict[str, object] | None = None,
+        shared_fabric: bool = False,
     ) -> None:
         self.lab, self.ipv6, self.speaker_kind = lab, ipv6, speaker
+        self.shared_fabric = shared_fabric
         self.rr_ns = lab.netns("rr")
         self.rr_ns.sysctl("net.ipv4.ip_forward", "1")
         self.rr_ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+        if shared_fabric:
+            self.rr_ns.ip("link", "add", "fabric", "type", "bridge")
+            self.rr_ns.ip("link", "set", "fabric", "up")
         self.hvs: list[Hypervisor] = []
         self.speakers: list[Speaker] = []
-        clients: list[tuple[str, str]] = []
+        clients: list[tuple[str, str, str]] = []
         for i in range(1, hypervisors + 1):
             hv = Hypervisor(lab, f"hv{i}", i)
-            hv.attach_uplink(self.rr_ns)
+            if shared_fabric:
+                self._attach_shared(hv)
+            else:
+                hv.attach_uplink(self.rr_ns)
             self.hvs.append(hv)
             rr4 = self.rr_address(i, 4)
             rr6 = self.rr_address(i, 6) if ipv6 else None
-            clients.append((f"hv{i}", hv.uplink4))
+            clients.append((f"hv{i}", hv.uplink4, rr4))
             if ipv6:
-                clients.append((f"hv{i}_v6", hv.uplink6))
+                clients.append((f"hv{i}_v6", hv.uplink6, self.rr_address(i, 6)))
             if speaker == "bird":
                 self.speakers.append(BirdSpeaker(hv, rr4, rr6, bird_config))
             elif speaker == "l3hostd":
@@ -722,7 +795,21 @@ class BgpTopology:
             RR_ROUTER_ID, LAB_ASN, clients, static_routes=rr_static_routes,
             static_prefix=rr_static_prefix, **(rr_options or {}),
         ))
-        self.rr_clients = [name for name, _ in clients]
+        self.rr_clients = [client[0] for client in clients]
+
+    def _attach_shared(self, hv: Hypervisor) -> None:
+        """``eth0`` of ``hv`` on the RR's bridge: one L2 segment, 100.64.0.0/16 and
+        fd00:64::/32, the same addresses as with a link of its own (the RR has its
+        ``.254``/``::254`` for every hypervisor on the bridge)."""
+        i, rr, port = hv.index, self.rr_ns, f"hv{hv.index}"
+        self.lab.veth(hv.ns, "eth0", rr, port)
+        rr.ip("link", "set", port, "master", "fabric")
+        hv.ns.ip("addr", "add", f"{hv.uplink4}/16", "dev", "eth0")
+        hv.ns.ip("-6", "addr", "add", f"{hv.uplink6}/32", "dev", "eth0", "nodad")
+        rr.ip("addr", "add", f"{self.rr_address(i, 4)}/16", "dev", "fabric")
+        rr.ip("-6", "addr", "add", f"{self.rr_address(i, 6)}/32", "dev", "fabric", "nodad")
+        hv.ns.ip("route", "add", "default", "via", self.rr_address(i, 4))
+        hv.ns.ip("-6", "route", "add", "default", "via", self.rr_address(i, 6))
 
     @staticmethod
     def rr_address(index: int, family: int = 4) -> str:

@@ -224,6 +224,24 @@ class Hypervisor:
         self.ns.ip("route", "add", "default", "via", f"100.64.{self.index}.254")
         self.ns.ip("-6", "route", "add", "default", "via", f"fd00:64:{self.index}::254")
 
+    def attach_fabric(self, fabric: Netns, bridge: str = "br0") -> None:
+        """Connect ``eth0`` to a shared L2 segment (a bridge in ``fabric`` whose own address
+        is ``.254``): every hypervisor is on-link for the others, as in one rack."""
+        if fabric.ip("link", "show", bridge, check=False).returncode != 0:
+            fabric.ip("link", "add", bridge, "type", "bridge")
+            fabric.ip("addr", "add", "100.64.0.254/24", "dev", bridge)
+            fabric.ip("-6", "addr", "add", "fd00:64::254/64", "dev", bridge, "nodad")
+            fabric.ip("link", "set", bridge, "up")
+        peer = f"hv{self.index}"
+        self.lab.veth(self.ns, "eth0", fabric, peer)
+        fabric.ip("link", "set", peer, "master", bridge)
+        self.uplink4 = f"100.64.0.{self.index}"
+        self.uplink6 = f"fd00:64::{self.index}"
+        self.ns.ip("addr", "add", f"{self.uplink4}/24", "dev", "eth0")
+        self.ns.ip("-6", "addr", "add", f"{self.uplink6}/64", "dev", "eth0", "nodad")
+        self.ns.ip("route", "add", "default", "via", "100.64.0.254")
+        self.ns.ip("-6", "route", "add", "default", "via", "fd00:64::254")
+
     def write_config(self, extra: dict[str, object] | None = None) -> None:
         import yaml
 

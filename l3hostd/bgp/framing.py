@@ -68,15 +68,11 @@ def check_header(buf: bytes | bytearray, offset: int = 0) -> tuple[int, int]:
         raise BgpError(ErrorCode.MESSAGE_HEADER, HDR_CONNECTION_NOT_SYNCHRONIZED)
     bounds = LENGTH_BOUNDS.get(msg_type)
     if not HEADER_LEN <= length <= MAX_MESSAGE_LEN:
-        raise BgpError(
-            ErrorCode.MESSAGE_HEADER, HDR_BAD_MESSAGE_LENGTH, struct.pack("!H", length)
-        )
+        raise BgpError(ErrorCode.MESSAGE_HEADER, HDR_BAD_MESSAGE_LENGTH, struct.pack("!H", length))
     if bounds is None:
         raise BgpError(ErrorCode.MESSAGE_HEADER, HDR_BAD_MESSAGE_TYPE, bytes([msg_type]))
     if not bounds[0] <= length <= bounds[1]:
-        raise BgpError(
-            ErrorCode.MESSAGE_HEADER, HDR_BAD_MESSAGE_LENGTH, struct.pack("!H", length)
-        )
+        raise BgpError(ErrorCode.MESSAGE_HEADER, HDR_BAD_MESSAGE_LENGTH, struct.pack("!H", length))
     return msg_type, length
 
 
@@ -101,8 +97,11 @@ def encode_notification(message: Notification) -> bytes:
 def decode_notification(body: bytes) -> Notification:
     """The body of a NOTIFICATION (at least 2 bytes: :func:`check_header` made sure)."""
     if len(body) < 2:
-        raise BgpError(ErrorCode.MESSAGE_HEADER, HDR_BAD_MESSAGE_LENGTH,
-                       struct.pack("!H", HEADER_LEN + len(body)))
+        raise BgpError(
+            ErrorCode.MESSAGE_HEADER,
+            HDR_BAD_MESSAGE_LENGTH,
+            struct.pack("!H", HEADER_LEN + len(body)),
+        )
     return Notification(body[0], body[1], bytes(body[2:]))
 
 
@@ -137,7 +136,7 @@ class FrameReader:
         end = start + length
         if len(buf) < end:
             return None
-        body = bytes(buf[start + HEADER_LEN:end])
+        body = bytes(buf[start + HEADER_LEN : end])
         self._offset = end
         return msg_type, body
 

@@ -51,12 +51,13 @@ Our reading of RFC 4271 §8 for a hypervisor that only connects out:
   Established, both we and the peer advertised the GR capability, no NOTIFICATION was
   received, and no NOTIFICATION was sent other than Hold Timer Expired. So: TCP failure
   (:meth:`Session.connection_lost`), hold timer expiry (a peer whose control plane is
-  restarting stops sending KEEPALIVEs; RFC 8538 §4 treats it the same way) and our own
-  :meth:`Session.stop` without a NOTIFICATION (our own restart) are graceful; a Cease,
-  an error NOTIFICATION in either direction, and :meth:`Session.stop` with a NOTIFICATION
-  are not. We do not advertise RFC 8538's N bit, so a NOTIFICATION always ends GR
-  (RFC 8538 §3). When the N bit is added, a received NOTIFICATION other than Cease / Hard
-  Reset becomes graceful here and nowhere else.
+  restarting stops sending KEEPALIVEs; RFC 8538 treats it so when its N bit is
+  negotiated) and our own :meth:`Session.stop` without a NOTIFICATION (our own restart)
+  are graceful; a Cease, an error NOTIFICATION in either direction, and
+  :meth:`Session.stop` with a NOTIFICATION are not. We do not advertise RFC 8538's N bit,
+  so a NOTIFICATION always ends GR. When the N bit is added, a received NOTIFICATION other
+  than Cease / Hard Reset becomes graceful here (:meth:`Session._graceful`) and nowhere
+  else.
 - **Errors**: header errors come from :mod:`l3hostd.bgp.framing`; decode errors come from
   the codec as :class:`~l3hostd.bgp.messages.BgpError` carrying the NOTIFICATION to send
   (RFC 4271 §6). Anything else the codec raises is treated as malformed: OPEN Message
@@ -183,6 +184,7 @@ _TIMER_EVENTS = {
     Timer.IDLE_HOLD: Event.IDLE_HOLD_TIMER_EXPIRES,
 }
 
+_MESSAGE_TYPES = {int(t): t for t in MessageType}
 _MESSAGE_EVENTS = {
     MessageType.OPEN: Event.BGP_OPEN,
     MessageType.UPDATE: Event.UPDATE_MSG,
@@ -296,8 +298,7 @@ class RouteRefreshReceived:
 
 
 Action: TypeAlias = (
-    Connect | Send | Disconnect | Established | SessionDown | UpdateReceived
-    | RouteRefreshReceived
+    Connect | Send | Disconnect | Established | SessionDown | UpdateReceived | RouteRefreshReceived
 )
 
 
@@ -418,9 +419,10 @@ class Session:
                     break
                 if frame is None:
                     break
-                msg_type, body = frame
-                self.counters.messages_in[MessageType(msg_type)] += 1
-                if msg_type == MessageType.NOTIFICATION:
+                msg_type = _MESSAGE_TYPES[frame[0]]  # framing let only 1..5 through
+                body = frame[1]
+                self.counters.messages_in[msg_type] += 1
+                if msg_type is MessageType.NOTIFICATION:
                     notification = framing.decode_notification(body)
                     event = (
                         Event.NOTIF_MSG_VER_ERR
@@ -430,7 +432,7 @@ class Session:
                     )
                     self._fsm(event, now, notification=notification)
                 else:
-                    self._fsm(_MESSAGE_EVENTS[MessageType(msg_type)], now, body=body)
+                    self._fsm(_MESSAGE_EVENTS[msg_type], now, body=body)
             reader.compact()
         except Exception as exc:  # a bug of ours or of the codec: never let it escape
             self._internal_error(exc, now)
@@ -438,8 +440,9 @@ class Session:
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline is <= now, earliest first."""
         for _ in range(2 * len(Timer)):  # each firing disarms or re-arms into the future
-            expired = [(deadline, timer) for timer, deadline in self._timers.items()
-                       if deadline <= now]
+            expired = [
+                (deadline, timer) for timer, deadline in self._timers.items() if deadline <= now
+            ]
             if not expired:
                 return
             _, timer = min(expired)
@@ -465,11 +468,16 @@ class Session:
     def request_route_refresh(self, family: Family) -> bool:
         """Ask the peer to resend ``family`` (RFC 2918). False if not possible now."""
         neg = self._negotiated
-        if (self._state is not State.ESTABLISHED or neg is None or not neg.route_refresh
-                or family not in neg.families):
+        if (
+            self._state is not State.ESTABLISHED
+            or neg is None
+            or not neg.route_refresh
+            or family not in neg.families
+        ):
             return False
-        self._send(MessageType.ROUTE_REFRESH,
-                   self._codec.encode_route_refresh(RouteRefresh(family)))
+        self._send(
+            MessageType.ROUTE_REFRESH, self._codec.encode_route_refresh(RouteRefresh(family))
+        )
         return True
 
     # ---- the state machine -----------------------------------------------------------------
@@ -483,6 +491,10 @@ class Session:
         notification: Notification | None = None,
         error: BgpError | None = None,
     ) -> None:
+        """RFC 4271 §8.2.2: a switch on the state, inside it on the event (OpenBGPD's
+        bgp_fsm()). ``body`` is the raw message for BGP_OPEN / UPDATE_MSG /
+        ROUTE_REFRESH_MSG (decoded only where it is expected), ``notification`` the one
+        received (NOTIF_MSG*) or to send (MANUAL_STOP), ``error`` the one to report."""
         state = self._state
         if state is State.IDLE:
             if event is Event.MANUAL_START:
@@ -494,8 +506,9 @@ class Session:
                 self._auto_start = False
                 self._timers.pop(Timer.IDLE_HOLD, None)
             elif event is Event.IDLE_HOLD_TIMER_EXPIRES:
-                self._change_state(State.ACTIVE if self.config.passive else State.CONNECT,
-                                   now, event)
+                self._change_state(
+                    State.ACTIVE if self.config.passive else State.CONNECT, now, event
+                )
             elif event is Event.TCP_CONNECTION_CONFIRMED:
                 self._actions.append(Disconnect())  # §8.2.2: Idle refuses connections
             # every other event is ignored in Idle (§8.2.2)
@@ -621,8 +634,9 @@ class Session:
                 graceful = self._graceful(event, sent, received)
                 self.counters.flaps += 1
                 self.counters.established_since = None
-                self._actions.append(SessionDown(
-                    reason or event.name.lower(), sent, received, graceful))
+                self._actions.append(
+                    SessionDown(reason or event.name.lower(), sent, received, graceful)
+                )
             self._negotiated = None
             if event is not Event.MANUAL_STOP and self._auto_start:
                 self._arm(Timer.IDLE_HOLD, now, self._jitter(self._idle_hold))
@@ -635,10 +649,12 @@ class Session:
         elif new is State.ACTIVE:
             self._close_connection()
             self._timers.clear()
+            self._sent_open = None
             if not self.config.passive:
                 self._arm(Timer.CONNECT_RETRY, now, self._jitter(self._connect_retry))
-                self._connect_retry = min(2 * self._connect_retry,
-                                          self.config.max_connect_retry_time)
+                self._connect_retry = min(
+                    2 * self._connect_retry, self.config.max_connect_retry_time
+                )
 
         elif new is State.OPENSENT:
             self._timers.pop(Timer.CONNECT_RETRY, None)
@@ -659,8 +675,9 @@ class Session:
 
     # ---- arms' helpers ---------------------------------------------------------------------
 
-    def _graceful(self, event: Event, sent: Notification | None,
-                  received: Notification | None) -> bool:
+    def _graceful(
+        self, event: Event, sent: Notification | None, received: Notification | None
+    ) -> bool:
         """RFC 4724 §4.2 as extended for hold timer expiry; see the module docstring."""
         neg = self._negotiated
         if not self.config.graceful_restart or neg is None:
@@ -676,33 +693,44 @@ class Session:
         if notification is not None:
             self._send_notification(notification)
         self._change_state(
-            State.IDLE, now, Event.MANUAL_STOP,
+            State.IDLE,
+            now,
+            Event.MANUAL_STOP,
             reason=f"stopped ({notification})" if notification else "stopped",
             sent=notification,
         )
 
-    def _fail(self, now: float, event: Event, notification: Notification,
-              reason: str = "") -> None:
+    def _fail(self, now: float, event: Event, notification: Notification, reason: str = "") -> None:
         """Send a NOTIFICATION and go Idle."""
         self._send_notification(notification)
         self._change_state(
-            State.IDLE, now, event,
-            reason=f"sent NOTIFICATION {notification}" + (f": {reason}" if reason and
-                                                          reason != str(notification) else ""),
+            State.IDLE,
+            now,
+            event,
+            reason=f"sent NOTIFICATION {notification}"
+            + (f": {reason}" if reason and reason != str(notification) else ""),
             sent=notification,
         )
 
     def _unexpected(self, now: float, event: Event) -> None:
         """RFC 4271 §8.2.2 / RFC 6608: an event that has no business in this state."""
         state = self._state
-        self._fail(now, event, Notification(ErrorCode.FSM, _UNEXPECTED_SUBCODE[state]),
-                   f"{event.name} in {state}")
+        self._fail(
+            now,
+            event,
+            Notification(ErrorCode.FSM, _UNEXPECTED_SUBCODE[state]),
+            f"{event.name} in {state}",
+        )
 
     def _notified(self, now: float, event: Event, notification: Notification | None) -> None:
         assert notification is not None
-        self._change_state(State.IDLE, now, event,
-                           reason=f"received NOTIFICATION {notification}",
-                           received=notification)
+        self._change_state(
+            State.IDLE,
+            now,
+            event,
+            reason=f"received NOTIFICATION {notification}",
+            received=notification,
+        )
 
     def _internal_error(self, exc: Exception, now: float) -> None:
         reason = f"internal error: {exc!r}"
@@ -732,7 +760,8 @@ class Session:
         if config.graceful_restart:
             # F bit set: the kernel routes survive our restarts (the daemon never flushes).
             graceful_restart = GracefulRestart(
-                config.restart_time, self._restarting, tuple((f, True) for f in families))
+                config.restart_time, self._restarting, tuple((f, True) for f in families)
+            )
         return Open(
             asn=config.local_asn,
             hold_time=config.hold_time,
@@ -751,28 +780,40 @@ class Session:
         try:
             data = self._codec.encode_open(message)
         except Exception as exc:  # a configuration the codec cannot express
-            self._change_state(State.IDLE, now, Event.TCP_CONNECTION_CONFIRMED,
-                               reason=f"cannot encode OPEN: {exc!r}")
+            self._change_state(
+                State.IDLE,
+                now,
+                Event.TCP_CONNECTION_CONFIRMED,
+                reason=f"cannot encode OPEN: {exc!r}",
+            )
             return
         self._sent_open = message
         self._send(MessageType.OPEN, data)
         self._arm(Timer.HOLD, now, self.config.open_hold_time)
 
     def _check_open(self, received: Open) -> None:
-        """Checks that need our configuration (RFC 4271 §6.2, RFC 6286 §2.2)."""
+        """Checks that need our configuration (RFC 4271 §6.2, RFC 6286)."""
         if received.version != BGP_VERSION:
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OPEN_UNSUPPORTED_VERSION,
-                           BGP_VERSION.to_bytes(2, "big"))
+            raise BgpError(
+                ErrorCode.OPEN_MESSAGE, OPEN_UNSUPPORTED_VERSION, BGP_VERSION.to_bytes(2, "big")
+            )
         if received.asn != self.config.peer_asn:
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OPEN_BAD_PEER_AS,
-                           reason=f"peer AS {received.asn}, expected {self.config.peer_asn}")
+            raise BgpError(
+                ErrorCode.OPEN_MESSAGE,
+                OPEN_BAD_PEER_AS,
+                reason=f"peer AS {received.asn}, expected {self.config.peer_asn}",
+            )
         if received.hold_time in (1, 2):
             raise BgpError(ErrorCode.OPEN_MESSAGE, OPEN_UNACCEPTABLE_HOLD_TIME)
         if int(received.router_id) == 0 or (
-                received.router_id == self.config.router_id
-                and self.config.local_asn == self.config.peer_asn):
-            raise BgpError(ErrorCode.OPEN_MESSAGE, OPEN_BAD_BGP_IDENTIFIER,
-                           reason=f"peer router id {received.router_id}")
+            received.router_id == self.config.router_id
+            and self.config.local_asn == self.config.peer_asn
+        ):
+            raise BgpError(
+                ErrorCode.OPEN_MESSAGE,
+                OPEN_BAD_BGP_IDENTIFIER,
+                reason=f"peer router id {received.router_id}",
+            )
 
     def _receive_open(self, now: float, body: bytes) -> None:
         sent = self._sent_open
@@ -785,8 +826,11 @@ class Session:
             self._fsm(Event.BGP_OPEN_MSG_ERR, now, error=err)
             return
         except Exception as exc:  # the codec choked: call it malformed
-            self._fsm(Event.BGP_OPEN_MSG_ERR, now, error=BgpError(
-                ErrorCode.OPEN_MESSAGE, 0, reason=f"OPEN not understood: {exc!r}"))
+            self._fsm(
+                Event.BGP_OPEN_MSG_ERR,
+                now,
+                error=BgpError(ErrorCode.OPEN_MESSAGE, 0, reason=f"OPEN not understood: {exc!r}"),
+            )
             return
         self._negotiated = negotiated
         self._send_keepalive(now)
@@ -800,14 +844,20 @@ class Session:
             self._fsm(Event.UPDATE_MSG_ERR, now, error=err)
             return
         except Exception as exc:  # RFC 4271 §6.3: unparseable -> Malformed Attribute List
-            self._fsm(Event.UPDATE_MSG_ERR, now, error=BgpError(
-                ErrorCode.UPDATE_MESSAGE, UPDATE_MALFORMED_ATTRIBUTE_LIST,
-                reason=f"UPDATE not understood: {exc!r}"))
+            self._fsm(
+                Event.UPDATE_MSG_ERR,
+                now,
+                error=BgpError(
+                    ErrorCode.UPDATE_MESSAGE,
+                    UPDATE_MALFORMED_ATTRIBUTE_LIST,
+                    reason=f"UPDATE not understood: {exc!r}",
+                ),
+            )
             return
         self._actions.append(UpdateReceived(update))
 
     def _receive_route_refresh(self, now: float, body: bytes) -> None:
-        # We always advertise the capability, so the peer may send this (RFC 2918 §3).
+        # We always advertise the capability, so the peer may send this (RFC 2918 §4).
         try:
             message = self._codec.decode_route_refresh(body)
         except BgpError as err:

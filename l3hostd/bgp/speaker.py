@@ -25,6 +25,7 @@ from collections.abc import Callable
 from ipaddress import ip_address
 
 from l3hostd.bgp import fsm
+from l3hostd.bgp.messages import Notification
 from l3hostd.model import IPAddress
 
 log = logging.getLogger("l3hostd.bgp")
@@ -58,9 +59,12 @@ class _Protocol(asyncio.Protocol):
         self._drained.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        # uvloop's transports implement the interface without subclassing it
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
+        # Tell the session now: the peer's OPEN may be delivered before create_connection()
+        # returns to the task that called it.
+        self.speaker._on_made(self)
 
     def data_received(self, data: bytes) -> None:
         self.speaker._on_data(self, data)
@@ -102,6 +106,7 @@ class PeerSpeaker:
         self._timer: asyncio.TimerHandle | None = None
         self.local_address: IPAddress | None = None
         self.last_error = ""
+        self._logged_error = ""
 
     # ---- control -------------------------------------------------------------------------
 
@@ -109,10 +114,10 @@ class PeerSpeaker:
         self.session.start(self._loop.time())
         self._pump()
 
-    def stop(self, notification: object | None) -> None:
+    def stop(self, notification: Notification | None) -> None:
         """Stop the session: with a NOTIFICATION, or (None) by closing the connection only
         -- the graceful-restart way, so that the peer keeps our routes as stale."""
-        self.session.stop(self._loop.time(), notification)  # type: ignore[arg-type]
+        self.session.stop(self._loop.time(), notification)
         self._pump()
         if self._connecting is not None:
             self._connecting.cancel()
@@ -121,7 +126,7 @@ class PeerSpeaker:
             self._timer = None
 
     def send(self, messages: list[bytes]) -> None:
-        self.session.send_updates(messages)
+        self.session.send_updates(messages, self._loop.time())
         self._pump()
 
     async def writable(self) -> None:
@@ -142,6 +147,10 @@ class PeerSpeaker:
     # ---- the pump ---------------------------------------------------------------------------
 
     def _pump(self) -> None:
+        error = self.session.counters.last_error
+        if error and error != self._logged_error:
+            self._logged_error = error
+            log.info("peer %s: %s (state %s)", self.name, error, self.session.state.name)
         for action in self.session.take_actions():
             if isinstance(action, fsm.Connect):
                 self._connect()
@@ -196,7 +205,7 @@ class PeerSpeaker:
             await asyncio.wait_for(
                 self._loop.sock_connect(sock, (str(self.address), self.port)), CONNECT_TIMEOUT
             )
-            _, proto = await self._loop.create_connection(lambda: _Protocol(self), sock=sock)
+            await self._loop.create_connection(lambda: _Protocol(self), sock=sock)
         except (OSError, TimeoutError) as exc:
             sock.close()
             self.last_error = f"connect: {exc}"
@@ -207,8 +216,11 @@ class PeerSpeaker:
         except asyncio.CancelledError:
             sock.close()
             raise
+
+    def _on_made(self, proto: _Protocol) -> None:
         self._protocol = proto
-        self.local_address = ip_address(sock.getsockname()[0])
+        assert proto.transport is not None
+        self.local_address = ip_address(proto.transport.get_extra_info("sockname")[0])
         self.session.connection_made(self._loop.time())
         self._pump()
 

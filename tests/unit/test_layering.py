@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "l3hostd"
-PURE = ["model.py", "calc.py", "reconcile.py", "endpoints/parse.py", "netlink/wire.py"]
+PURE = [
+    "model.py",
+    "calc.py",
+    "reconcile.py",
+    "endpoints/parse.py",
+    "netlink/wire.py",
+    "bgp/messages.py",
+    "bgp/fsm.py",
+    "bgp/framing.py",
+    "bgp/rib.py",
+    "bgp/adj_rib_out.py",
+]
 IO_MODULES = {
     "asyncio",
     "socket",
