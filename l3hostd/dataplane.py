@@ -65,6 +65,7 @@ class Dataplane:
         self.tapconfig = TapConfigReconciler(kernel, lambda: list(self.tapconfig.desired.values()))
         self.neighbours = NeighbourReconciler(kernel, lambda: set(self.state.links))
         self.routes = RouteReconciler(kernel)
+        self.routes.track_changes = True  # installed host routes are what BGP announces
         # Addition order (removal is the reverse). The host route goes first: it is what makes
         # the VM reachable, so it is on the shortest path from a TAP event; the firewall
         # (a later issue) will go before it, the BGP announcement after the whole pass.

@@ -1,16 +1,17 @@
 """``l3hostd demo``: the lab, in network namespaces, narrated step by step.
 
-Today it is one hypervisor running the real ``l3hostd run`` with two VMs (the BGP route
-reflector and a second hypervisor join it when the BGP issue lands):
+    vm1 ──tap── hv1 (l3hostd) ──┐
+                                 ├── rr (BIRD 2 route reflector)
+    vm2 ──tap── hv2 (l3hostd) ──┘
 
-    fabric ──eth0── hv (l3hostd) ──tap…── vm1
-                                 ──tap…── vm2
-
-It writes the VMs' endpoint files, waits for the routes, pings VM to VM and VM to host
-over IPv4 and IPv6 (no shared L2: /32 and /128 routes plus proxy-ARP and the fe80::1
-gateway), shows what ``ip route`` and ``l3hostctl`` print, takes a VM away and brings it
-back, then tears everything down. ``--keep`` leaves the lab up until Ctrl-C and prints
-how to look around. Everything it creates is removed on success, failure and Ctrl-C.
+Each hypervisor runs the real ``l3hostd run`` with an IPv4 and an IPv6 iBGP session to
+the reflector. The demo writes the VMs' endpoint files, shows the host routes installed
+and announced, the routes each hypervisor learned from the reflector, VM-to-VM pings over
+IPv4 and IPv6 (no shared L2 anywhere: /32 and /128 routes, proxy-ARP and the fe80::1
+gateway), ``l3hostctl`` output and ``birdc show route`` on the reflector; then a VM goes
+away and its routes disappear everywhere, and the lab is torn down. ``--keep`` leaves it
+up until Ctrl-C and prints how to look around. Everything it creates is removed on
+success, failure and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import shutil
 import signal
 import sys
 import time
+from typing import NoReturn
 
-from l3hostd.lab import Hypervisor, Lab, LabError, wait_until
+from l3hostd.lab import Lab, LabError, wait_until
 
 
 def say(text: str) -> None:
@@ -39,15 +41,19 @@ def check(ok: bool, what: str) -> None:
         raise LabError(what)
 
 
+def _interrupt(*_: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
 def main(keep: bool = False) -> int:
     if os.geteuid() != 0:
         print("l3hostd demo: needs root (network namespaces)", file=sys.stderr)
         return 2
-    for tool in ("ip", "ping"):
+    for tool in ("ip", "ping", "bird", "birdc"):
         if shutil.which(tool) is None:
             print(f"l3hostd demo: '{tool}' is missing (run scripts/setup.sh)", file=sys.stderr)
             return 1
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with Lab("l3demo") as lab:
             return _demo(lab, keep)
@@ -60,59 +66,61 @@ def main(keep: bool = False) -> int:
 
 
 def _demo(lab: Lab, keep: bool) -> int:
-    say("building the lab: fabric, hypervisor hv1, VMs vm1 and vm2 (network namespaces)")
-    fabric = lab.netns("fabric")
-    hv = Hypervisor(lab, "hv1", 1)
-    hv.attach_uplink(fabric)
-    vm1 = hv.add_vm("vm1", 11)
-    vm2 = hv.add_vm("vm2", 12)
-    print(f"  vm1 {vm1.ipv4} {vm1.ipv6} behind {vm1.tap}")
-    print(f"  vm2 {vm2.ipv4} {vm2.ipv6} behind {vm2.tap}")
+    from l3hostd.birdlab import BgpTopology
+
+    say("building the lab: route reflector rr (BIRD 2), hypervisors hv1 and hv2 (l3hostd)")
+    topo = BgpTopology(lab, hypervisors=2, speaker="l3hostd")
+    hv1, hv2 = topo.hv(1), topo.hv(2)
+    topo.start(timeout=40)
+    print("  sessions Established: hv1 and hv2, IPv4 and IPv6, to rr")
+    vm1 = topo.add_vm(1, "vm1", 11, plug=False)
+    vm2 = topo.add_vm(2, "vm2", 12, plug=False)
+    print(f"  vm1 {vm1.ipv4} {vm1.ipv6} behind {vm1.tap} on hv1")
+    print(f"  vm2 {vm2.ipv4} {vm2.ipv6} behind {vm2.tap} on hv2")
     print("  VMs: IPv4 /24 with 'default via 10.10.0.1' (exists nowhere: proxy-ARP),")
     print("       IPv6 /128 with 'default via fe80::1 dev eth0' (on every TAP)")
 
-    say("starting l3hostd on hv1 and writing the endpoint files")
-    hv.start()
-    hv.wait_ready()
+    say("the orchestrator writes the endpoint files")
     started = time.monotonic()
-    hv.write_endpoint(vm1)
-    hv.write_endpoint(vm2)
-    wait_until(lambda: len(hv.routes("-4")) == 2 and len(hv.routes("-6")) == 2, 10,
-               what="host routes")
-    print(f"  4 host routes installed {1000 * (time.monotonic() - started):.1f} ms "
-          "after the files were written")
-    show(f"ip -n {hv.ns.name} route show proto l3hostd", "\n".join(hv.routes("-4")))
-    show(f"ip -n {hv.ns.name} -6 route show proto l3hostd", "\n".join(hv.routes("-6")))
-    show(f"ip -n {hv.ns.name} neigh show nud permanent",
-         hv.ns.ip("neigh", "show", "nud", "permanent").stdout)
+    hv1.write_endpoint(vm1)
+    hv2.write_endpoint(vm2)
+    wait_until(lambda: len(topo.learned_routes(2)) == 1 and len(topo.learned_routes(1)) == 1
+               and len(topo.learned_routes(2, "-6")) == 1, 15, what="routes over BGP")
+    print(f"  each VM's routes reached the other hypervisor "
+          f"{1000 * (time.monotonic() - started):.0f} ms after its file was written")
+    show(f"ip -n {hv1.ns.name} route show proto l3hostd", "\n".join(hv1.routes("-4")))
+    show(f"ip -n {hv2.ns.name} route show proto l3hostd-bgp", "\n".join(topo.learned_routes(2)))
+    show(f"ip -n {hv2.ns.name} -6 route show proto l3hostd-bgp",
+         "\n".join(topo.learned_routes(2, "-6")))
+    show(f"birdc -s {topo.rr.sock} show route", topo.rr.birdc("show", "route"))
 
-    say("traffic, with no shared L2 between the VMs")
-    check(vm1.ns.ping(vm2.ipv4), f"vm1 -> vm2 {vm2.ipv4}")
-    check(vm1.ns.ping(vm2.ipv6), f"vm1 -> vm2 {vm2.ipv6}")
-    check(vm1.ns.ping(hv.uplink4), f"vm1 -> hypervisor {hv.uplink4}")
-    check(vm1.ns.ping(hv.uplink6), f"vm1 -> hypervisor {hv.uplink6}")
-    show(f"ip netns exec {vm1.ns.name} ip neigh",
-         vm1.ns.ip("neigh", "show").stdout or "(empty)")
+    say("traffic between VMs on different hypervisors, no shared L2")
+    check(vm1.ns.ping(vm2.ipv4, timeout=3), f"vm1 -> vm2 {vm2.ipv4}")
+    check(vm1.ns.ping(vm2.ipv6, timeout=3), f"vm1 -> vm2 {vm2.ipv6}")
+    check(vm2.ns.ping(vm1.ipv4, timeout=3), f"vm2 -> vm1 {vm1.ipv4}")
 
-    say("l3hostctl, the operator's view")
-    ctl = f"l3hostctl --socket {hv.socket}"
+    say("l3hostctl, the operator's view on hv1")
     from l3hostd.ctl import main as ctl_main
 
-    print(f"$ {ctl} show endpoints", flush=True)
-    ctl_main(["--socket", str(hv.socket), "show", "endpoints"])
+    for what in ("peers", "endpoints"):
+        print(f"$ l3hostctl --socket {hv1.socket} show {what}", flush=True)
+        ctl_main(["--socket", str(hv1.socket), "show", what])
 
-    say("vm2's TAP goes away: its routes go with it")
-    hv.ns.ip("link", "del", vm2.tap)
-    wait_until(lambda: len(hv.routes("-4")) == 1, 5, what="route removal")
+    say("vm2's TAP goes away: its routes are withdrawn everywhere")
+    started = time.monotonic()
+    hv2.ns.ip("link", "del", vm2.tap)
+    wait_until(lambda: not topo.learned_routes(1), 5, interval=0.002, what="withdrawal")
+    print(f"  gone from hv1's kernel {1000 * (time.monotonic() - started):.1f} ms later")
     check(not vm1.ns.ping(vm2.ipv4, timeout=1), "vm1 -> vm2 fails now")
 
     if keep:
         say("the lab stays up; Ctrl-C removes it. Look around with:")
-        print(f"  ip netns exec {hv.ns.name} ip route")
-        print(f"  ip netns exec {vm1.ns.name} ping {hv.uplink4}")
-        print(f"  {ctl} show status")
-        print(f"  endpoint files: {hv.endpoints}  (add/edit/remove and watch the routes)")
-        print(f"  daemon log: {lab.workdir / 'hv1.log'}")
+        print(f"  ip netns exec {hv1.ns.name} ip route")
+        print(f"  ip netns exec {vm1.ns.name} ping {hv1.uplink4}")
+        print(f"  l3hostctl --socket {hv1.socket} show peers")
+        print(f"  birdc -s {topo.rr.sock} show protocols")
+        print(f"  endpoint files: {hv1.endpoints}  (add/edit/remove and watch the routes)")
+        print(f"  daemon logs: {lab.workdir}/hv1.log, {lab.workdir}/hv2.log")
         os.environ["L3HOSTD_KEEP_LABDIR"] = ""
         while True:
             time.sleep(3600)

@@ -68,14 +68,23 @@ class Reconciler(abc.ABC, Generic[K, V]):
 
     name: str = "reconciler"
 
+    #: At most this many writes per :meth:`apply` call; the rest stays dirty for the next
+    #: pass (bounds the memory of a batch and lets other work interleave with a bulk load).
+    max_batch = 8192
+
     def __init__(self) -> None:
         self.desired: dict[K, V] = {}
         self.observed: dict[K, V] = {}
-        self._dirty: set[K] = set()
+        # Dirty keys, split by what they may need, so that a phase scans only its own:
+        self._dirty_add: set[K] = set()  # desired: may need an add or a change
+        self._dirty_rm: set[K] = set()  # not desired: may need a delete
         self._retry: dict[K, _Retry] = {}
         self._resync_pending = True
         self.in_sync = False  # True after the first successful resync
         self._observed_changed: set[K] = set()
+        #: Record observed changes for take_observed_changes() (off: nobody asks; it would
+        #: only grow).
+        self.track_changes = False
         #: Change an object with one "replace" write instead of delete + add (no gap).
         self.replace_in_place = False
         #: Do not delete objects that are ours but not desired (graceful-restart hold).
@@ -90,20 +99,29 @@ class Reconciler(abc.ABC, Generic[K, V]):
             if old is None:
                 return
             del self.desired[key]
+            self._dirty_add.discard(key)
+            self._dirty_rm.add(key)
         else:
             if old == value:
                 return
             self.desired[key] = value
-        self._dirty.add(key)
+            self._dirty_rm.discard(key)
+            self._dirty_add.add(key)
         self._retry.pop(key, None)
+
+    def _mark(self, key: K) -> None:
+        if key in self.desired:
+            self._dirty_add.add(key)
+        else:
+            self._dirty_rm.add(key)
 
     def forget_observed(self, keys: Iterable[K]) -> None:
         """The kernel removed these objects without telling (e.g. a device went down):
         drop them from observed so that they are re-created when desired again."""
         for key in keys:
             if self.observed.pop(key, None) is not None:
-                self._dirty.add(key)
-                self._observed_changed.add(key)
+                self._mark(key)
+                self._changed(key)
 
     def queue_resync(self) -> None:
         self._resync_pending = True
@@ -112,7 +130,7 @@ class Reconciler(abc.ABC, Generic[K, V]):
         """End a graceful-restart hold: sweep what is ours and not desired."""
         if self.protect_unwanted:
             self.protect_unwanted = False
-            self._dirty.update(k for k in self.observed if k not in self.desired)
+            self._dirty_rm.update(k for k in self.observed if k not in self.desired)
 
     @property
     def resync_pending(self) -> bool:
@@ -122,7 +140,14 @@ class Reconciler(abc.ABC, Generic[K, V]):
         """Is there work that may be done now?"""
         if self._resync_pending:
             return True
-        return any(k not in self._retry or self._retry[k].not_before <= now for k in self._dirty)
+        if not self._retry:
+            return bool(self._dirty_add or self._dirty_rm)
+        retry = self._retry
+        return any(
+            k not in retry or retry[k].not_before <= now
+            for dirty in (self._dirty_add, self._dirty_rm)
+            for k in dirty
+        )
 
     def next_retry(self) -> float | None:
         """Earliest deadline of a key waiting for its backoff, if any."""
@@ -131,80 +156,100 @@ class Reconciler(abc.ABC, Generic[K, V]):
         return min(r.not_before for r in self._retry.values())
 
     def take_observed_changes(self) -> set[K]:
-        """Keys whose observed (installed) value changed since the last call."""
+        """Keys whose observed (installed) value changed since the last call
+        (needs :attr:`track_changes`)."""
         changed, self._observed_changed = self._observed_changed, set()
         return changed
 
+    def _changed(self, key: K) -> None:
+        if self.track_changes:
+            self._observed_changed.add(key)
+
     @property
     def dirty_count(self) -> int:
-        return len(self._dirty)
+        return len(self._dirty_add) + len(self._dirty_rm)
 
     # ---- IO --------------------------------------------------------------------------------
 
     async def resync(self) -> None:
         """Mark-and-sweep: re-read what we own; every key is then dirty."""
         observed = await self._dump()
-        self._observed_changed.update(k for k, v in self.observed.items() if observed.get(k) != v)
-        self._observed_changed.update(k for k, v in observed.items() if self.observed.get(k) != v)
+        if self.track_changes:
+            old = self.observed
+            self._observed_changed.update(k for k, v in old.items() if observed.get(k) != v)
+            self._observed_changed.update(k for k, v in observed.items() if old.get(k) != v)
         self.observed = observed
-        self._dirty.update(observed)
-        self._dirty.update(self.desired)
+        self._dirty_add.update(self.desired)
+        self._dirty_rm.update(k for k in observed if k not in self.desired)
         self._resync_pending = False
         self.in_sync = True
         self.stats.resyncs += 1
 
     async def apply(self, phase: Phase, now: float) -> int:
-        """Write the dirty keys of this phase; return how many requests were written."""
+        """Write (up to :attr:`max_batch`) dirty keys of this phase; return how many
+        requests were written."""
         deletes: list[tuple[K, V]] = []
         adds: list[tuple[K, V]] = []
         clean: list[K] = []
-        for key in self._dirty:
-            retry = self._retry.get(key)
-            if retry is not None and retry.not_before > now:
-                continue
-            want = self.desired.get(key)
-            have = self.observed.get(key)
-            if want is None:
-                if phase is Phase.REMOVE:
-                    if have is None or self.protect_unwanted:
-                        # (protected: kept until release_protection() resyncs)
-                        clean.append(key)
-                    else:
-                        deletes.append((key, have))
-            elif phase is Phase.ADD:
-                if have is not None and self._same(want, have):
-                    clean.append(key)
+        retry = self._retry
+        budget = self.max_batch
+        if phase is Phase.REMOVE:
+            dirty = self._dirty_rm
+            for key in dirty:
+                if retry and key in retry and retry[key].not_before > now:
+                    continue
+                have = self.observed.get(key)
+                if have is None or self.protect_unwanted or key in self.desired:
+                    clean.append(key)  # (protected: kept until release_protection())
                 else:
-                    if have is not None and not self.replace_in_place:
-                        deletes.append((key, have))
-                    adds.append((key, want))
+                    deletes.append((key, have))
+                    if len(deletes) >= budget:
+                        break
+        else:
+            dirty = self._dirty_add
+            for key in dirty:
+                if retry and key in retry and retry[key].not_before > now:
+                    continue
+                want = self.desired.get(key)
+                have = self.observed.get(key)
+                if want is None or (have is not None and self._same(want, have)):
+                    clean.append(key)
+                    continue
+                if have is not None and not self.replace_in_place:
+                    deletes.append((key, have))
+                adds.append((key, want))
+                if len(adds) >= budget:
+                    break
         for key in clean:
-            self._dirty.discard(key)
-            self._retry.pop(key, None)
+            dirty.discard(key)
+            retry.pop(key, None)
         if not deletes and not adds:
             return 0
         self.stats.applies += 1
+        started = len(deletes) + len(adds)
         errnos = await self._write(deletes, adds)
         self.stats.writes += len(errnos)
         failed: dict[K, int] = {}
         for (key, _), err in zip(deletes, errnos[: len(deletes)], strict=True):
             if err == 0 or err in GONE_ERRNOS:
                 self.observed.pop(key, None)
-                self._observed_changed.add(key)
+                self._changed(key)
             else:
                 failed[key] = err
         for (key, value), err in zip(adds, errnos[len(deletes) :], strict=True):
             if err == 0:
                 self.observed[key] = value
-                self._observed_changed.add(key)
+                self._changed(key)
             elif key not in failed:
                 failed[key] = err
         for key, _ in (*deletes, *adds):
             if key in failed:
                 self._fail(key, failed[key], now)
             else:
-                self._dirty.discard(key)
-                self._retry.pop(key, None)
+                dirty.discard(key)
+                retry.pop(key, None)
+        if failed:
+            self._log_failures(failed, started)
         return len(errnos)
 
     def _fail(self, key: K, err: int, now: float) -> None:
@@ -214,20 +259,26 @@ class Reconciler(abc.ABC, Generic[K, V]):
         self._retry[key] = _Retry(attempts, now + delay)
         self.stats.errors += 1
         self.stats.last_error = f"{key}: {errno.errorcode.get(err, str(err))}"
-        level = logging.WARNING if attempts in (1, 5) or attempts % 20 == 0 else logging.DEBUG
-        log.log(
-            level,
-            "%s: writing %s failed: %s (attempt %d, retry in %.1fs)",
-            self.name,
-            key,
-            errno.errorcode.get(err, str(err)),
-            attempts,
-            delay,
-        )
         if err == errno.EEXIST:
             # Someone else's object occupies the key, or ours was changed behind our back:
             # re-read the kernel before the retry (never overwrite a foreign object).
             self._resync_pending = True
+
+    def _log_failures(self, failed: dict[K, int], batch: int) -> None:
+        """One line per batch, not per object: a failing bulk load must not flood logs."""
+        key, err = next(iter(failed.items()))
+        attempts = self._retry[key].attempts if key in self._retry else 1
+        level = logging.WARNING if attempts in (1, 5) or attempts % 20 == 0 else logging.DEBUG
+        log.log(
+            level,
+            "%s: %d of %d writes failed, e.g. %s: %s (attempt %d, retried with backoff)",
+            self.name,
+            len(failed),
+            batch,
+            key,
+            errno.errorcode.get(err, str(err)),
+            attempts,
+        )
 
     # ---- subclass hooks ----------------------------------------------------------------------
 

@@ -145,6 +145,7 @@ from l3hostd.bgp.messages import (
     RouteRefresh,
     Update,
 )
+from l3hostd.fastnet import ipv4_network
 from l3hostd.model import IPAddress, IPNetwork
 
 HEADER_LEN = 19
@@ -380,6 +381,39 @@ def _next_hop_problem(raw: object, prefix: IPNetwork) -> str:
     return f"invalid next hop {shown} for {prefix}"
 
 
+def _parse_ipv4_prefixes(
+    body: bytes, start: int, end: int, add_path: bool
+) -> list[tuple[IPNetwork, int]] | None:
+    """IPv4 prefixes of a Withdrawn Routes / NLRI field (RFC 4271 §4.3, RFC 7911 §3);
+    None at the first thing that is not well-formed (the caller falls back to ExaBGP)."""
+    out: list[tuple[IPNetwork, int]] = []
+    off = start
+    make = ipv4_network
+    while off < end:
+        pid = 0
+        if add_path:
+            if off + 4 > end:
+                return None
+            pid = int.from_bytes(body[off : off + 4], "big")
+            off += 4
+        if off >= end:
+            return None
+        plen = body[off]
+        nbytes = (plen + 7) >> 3
+        if plen > 32 or off + 1 + nbytes > end:
+            return None
+        value = int.from_bytes(body[off + 1 : off + 1 + nbytes], "big") << (32 - 8 * nbytes)
+        out.append((make(value, plen), pid))
+        off += 1 + nbytes
+    return out
+
+
+def _first_prefix_length(body: bytes, start: int, add_path: bool) -> int:
+    """Bytes taken by the first prefix of an NLRI field (already checked well-formed)."""
+    head = 4 if add_path else 0
+    return head + 1 + ((body[start + head] + 7) >> 3)
+
+
 # ---- the codec ----------------------------------------------------------------------------
 
 
@@ -404,6 +438,9 @@ class Codec:
         # decode: the last ExaBGP attribute set and what it converted to (see docstring)
         self._last_exa_attributes: object = None
         self._last_attributes: PathAttributes | str | None = None
+        # decode fast path: raw attribute block -> (next hop, attributes) or the reason the
+        # routes are treat-as-withdraw (see _decode_ipv4_fast)
+        self._templates: dict[bytes, tuple[IPAddress, PathAttributes] | str] = {}
         # encode: packed path attributes per attribute key
         self._packed_attributes: dict[tuple[object, ...], bytes] = {}
 
@@ -577,6 +614,7 @@ class Codec:
         # Ours is authoritative (e.g. the implicit IPv4 unicast of a peer without MP).
         exa.families = [_family_objects(f) for f in sorted(families)]
         self._exa = exa
+        self._templates = {}  # verdicts depend on what was negotiated
         self._asn4 = result.asn4
         self._add_path_send = add_path_send
         self._last_exa_attributes = None
@@ -646,10 +684,70 @@ class Codec:
         if collecting:
             gc.disable()
         try:
-            return self._decode_update(body)
+            fast = self._decode_ipv4_fast(body)
+            return fast if fast is not None else self._decode_update(body)
         finally:
             if collecting:
                 gc.enable()
+
+    def _decode_ipv4_fast(self, body: bytes) -> Update | None:
+        """The common case without ExaBGP per prefix: an UPDATE whose routes are IPv4 in
+        the classic Withdrawn Routes / NLRI fields (what a reflector sends by the
+        thousand). ExaBGP still decodes and validates every *attribute block*, once: the
+        block and the first prefix go through the full path; its verdict (next hop and
+        attributes, or treat-as-withdraw) is cached by the block's bytes and applied to
+        every prefix of this and later UPDATEs carrying the same block. Prefixes are parsed
+        here. Anything unusual (a length that does not add up, a prefix length > 32, an
+        UPDATE without NLRI but with attributes -- MP_REACH, End-of-RIB...) returns None and
+        the message takes the full ExaBGP path, which knows the right NOTIFICATION."""
+        n = len(body)
+        if n < 4:
+            return None
+        wlen = (body[0] << 8) | body[1]
+        if 4 + wlen > n:
+            return None
+        alen = (body[2 + wlen] << 8) | body[3 + wlen]
+        nlri_start = 4 + wlen + alen
+        if nlri_start > n:
+            return None
+        negotiated = self.negotiated
+        assert negotiated is not None
+        add_path = IPV4_UNICAST in negotiated.add_path_receive
+        withdrawn = _parse_ipv4_prefixes(body, 2, 2 + wlen, add_path)
+        if withdrawn is None:
+            return None
+        if nlri_start == n:
+            if alen:
+                return None  # attributes without IPv4 NLRI: MP_REACH / MP_UNREACH, ...
+            return Update(withdrawn=tuple(withdrawn))
+        if IPV4_UNICAST not in negotiated.families:
+            return None
+        announced = _parse_ipv4_prefixes(body, nlri_start, n, add_path)
+        if not announced:
+            return None
+        block = body[4 + wlen : nlri_start]
+        template = self._templates.get(block)
+        if template is None:
+            first = _first_prefix_length(body, nlri_start, add_path)
+            probe = b"\x00\x00" + body[2 + wlen : nlri_start + first]
+            result = self._decode_update(probe)  # raises the message's BgpError, if any
+            if result.treat_as_withdraw:
+                template = result.treat_as_withdraw
+            elif len(result.announced) == 1 and not result.withdrawn:
+                route = result.announced[0]
+                template = (route.next_hop, route.attributes)
+            else:
+                return None
+            if len(self._templates) >= 4096:
+                self._templates.clear()
+            self._templates[block] = template
+        if isinstance(template, str):
+            return Update((), (*withdrawn, *announced), None, template)
+        next_hop, attributes = template
+        return Update(
+            tuple(Route(prefix, pid, next_hop, attributes) for prefix, pid in announced),
+            tuple(withdrawn),
+        )
 
     def _decode_update(self, body: bytes) -> Update:
         try:

@@ -52,6 +52,7 @@ from l3hostd.bgp.messages import (
     Notification,
 )
 from l3hostd.bgp.rib import AdjRibIn, ImportPolicy, MaxPrefixExceeded, SelectionDelta, prefix_key
+from l3hostd.bgp.speaker import LOW_WATER
 from l3hostd.config import Config, PeerConfig
 from l3hostd.dataplane import Dataplane
 from l3hostd.model import HostRoute, IPAddress, IPNetwork, RouteKey
@@ -216,6 +217,7 @@ class BgpManager:
             key = prefix_key(rk.dst)
             self._endpoint_exports[key] = Export(route.dst, 0, "endpoint")
             self._export_changed(key)
+        self._kick_senders()
 
     def _on_kernel_route(self, prefix: IPNetwork, metric: int | None) -> None:
         key = prefix_key(prefix)
@@ -224,6 +226,7 @@ class BgpManager:
         else:
             self._kernel_exports[key] = Export(prefix, metric, "kernel")
         self._export_changed(key)
+        self._kick_senders()
 
     def _export_changed(self, key: int) -> None:
         export = self._endpoint_exports.get(key) or self._kernel_exports.get(key)
@@ -235,7 +238,28 @@ class BgpManager:
             self.exports[key] = export
         for peer in self.peers.values():
             peer.adj_out.update(key, export)
-            if peer.adj_out.pending:
+
+    def _kick_senders(self) -> None:
+        """Send what is pending. In the steady state (initial table and End-of-RIB sent,
+        a few changes, socket not backed up) the UPDATE goes out right here, without a
+        task switch: this is the path of a TAP event to the fabric. Anything bigger goes
+        to the peer's sender task, which slices it."""
+        for peer in self.peers.values():
+            adj = peer.adj_out
+            if not adj.pending:
+                continue
+            speaker = peer.speaker
+            if (
+                peer.eor_sent
+                and adj.active
+                and len(adj.pending) <= 256
+                and speaker.write_buffer < LOW_WATER  # type: ignore[attr-defined]
+            ):
+                announce, withdraw = adj.take(256)
+                messages = peer.codec.encode_updates(announce, withdraw)
+                peer.updates_sent += len(messages)
+                speaker.send(messages)  # type: ignore[attr-defined]
+            else:
                 peer.wake.set()
 
     def set_drain(self, draining: bool) -> None:
@@ -245,7 +269,7 @@ class BgpManager:
                               self.export_policy.large_communities, draining)
         for peer in self.peers.values():
             peer.adj_out.repolicy(policy, self.exports)
-            peer.wake.set()
+        self._kick_senders()
 
     async def _sender(self, peer: PeerRuntime) -> None:
         """Drain the peer's Adj-RIB-Out in slices; End-of-RIB after the first full table."""

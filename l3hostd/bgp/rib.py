@@ -131,16 +131,24 @@ class ImportPolicy:
 
     def admits(self, route: Route) -> str:
         """"" when the path is accepted, else why not."""
-        prefix = route.prefix
+        return self.admits_prefix(route.prefix) or self.admits_path(
+            route.next_hop, route.attributes
+        )
+
+    def admits_prefix(self, prefix: IPNetwork) -> str:
         if prefix.prefixlen == 0 and not self.allow_default:
             return "default route"
         if self.accept and not any(_within(prefix, net) for net in self.accept):
             return "not in accept list"
-        if any(_within(prefix, net) for net in self.reject):
+        if self.reject and any(_within(prefix, net) for net in self.reject):
             return "in reject list"
-        if self.router_id is not None and route.attributes.originator_id == self.router_id:
+        return ""
+
+    def admits_path(self, next_hop: IPAddress, attributes: PathAttributes) -> str:
+        """The checks that depend on the path, not the prefix (once per attribute set)."""
+        if self.router_id is not None and attributes.originator_id == self.router_id:
             return "our own route (ORIGINATOR_ID)"
-        if route.next_hop in self.own_addresses:
+        if next_hop in self.own_addresses:
             return "next hop is this host"
         return ""
 
@@ -242,28 +250,44 @@ class AdjRibIn:
                 peer.count -= 1
                 touched.add(key)
             self.stats.withdrawn += 1
-        admits = self.policy.admits
-        nh_add = self.next_hops.add
-        at_add = self.attributes.add
+        policy = self.policy
+        prefix_checks = policy.accept or policy.reject
+        peer_bits = peer.index << _PID_BITS
+        # The routes of an UPDATE share their next hop and attribute objects (the codec
+        # makes them so): resolve (verdict, packed via) once per distinct pair, by identity.
+        last_nh: object = None
+        last_attrs: object = None
+        verdict = ""
+        via_bits = 0
+        announced = 0
         for route in update.announced:
-            self.stats.announced += 1
-            key = prefix_key(route.prefix)
-            ident = (peer.index << _PID_BITS) | route.path_id
-            if admits(route):
+            announced += 1
+            prefix = route.prefix
+            key = prefix_key(prefix)
+            ident = peer_bits | route.path_id
+            if route.next_hop is not last_nh or route.attributes is not last_attrs:
+                last_nh, last_attrs = route.next_hop, route.attributes
+                verdict = policy.admits_path(route.next_hop, route.attributes)
+                via_bits = (self.next_hops.add(route.next_hop) << _NH_SHIFT) | (
+                    self.attributes.add(route.attributes)
+                )
+            refused = verdict
+            if not refused and (prefix_checks or not prefix.prefixlen):
+                refused = policy.admits_prefix(prefix)
+            if refused:
                 peer.filtered += 1
                 self.stats.filtered += 1
                 if self._remove(key, ident):  # an implicit withdraw of the earlier path
                     peer.count -= 1
                     touched.add(key)
                 continue
-            path = pack_path(peer.index, route.path_id, nh_add(route.next_hop),
-                             at_add(route.attributes))
-            added = self._put(key, ident, path)
+            added = self._put(key, ident, (ident << _PID_SHIFT) | via_bits)
             if added is None:
                 continue  # identical path again
             if added:
                 peer.count += 1
             touched.add(key)
+        self.stats.announced += announced
         delta = self._reselect(touched)
         if peer.count > peer.max_prefixes:
             raise MaxPrefixExceeded(peer.name, peer.max_prefixes)

@@ -41,6 +41,7 @@ for tests and benchmarks.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import errno as errno_mod
@@ -275,12 +276,19 @@ class _BatchOp(_Op):
         self.sent = 0
         self.acked = 0
         self.overflow: OSError | None = None
+        self._chunks: collections.deque[tuple[int, int]] = collections.deque()
 
     def describe_pending(self) -> str:
         return f"; {self.n - self.acked} of {self.n} requests unacknowledged"
 
     def fill(self) -> None:
-        """Send requests until ``max_in_flight`` are unacknowledged (one datagram)."""
+        """Send requests until ``max_in_flight`` are unacknowledged (one datagram).
+
+        Only the *last* request of a datagram asks for an ACK (NLM_F_ACK): the kernel
+        answers every failing request with an NLMSG_ERROR anyway, and processes a
+        datagram's requests in order, so the last one's ACK means "every earlier request
+        without an error succeeded". One ACK per datagram instead of one per request:
+        100k routes cost ~400 reads instead of 100k."""
         room = self.max_in_flight - (self.sent - self.acked)
         if room <= 0 or self.sent >= self.n:
             return
@@ -292,6 +300,8 @@ class _BatchOp(_Op):
         requests = self.requests
         hdr_unpack = wire.NLMSGHDR.unpack_from
         patch = _FLAGS_SEQ.pack_into
+        last_off = 0
+        last_flags = 0
         while i < stop:
             msg = requests[i]
             off = len(buf)
@@ -307,15 +317,18 @@ class _BatchOp(_Op):
             buf += msg
             if length & 3:
                 buf += b"\0" * (4 - (length & 3))
-            patch(buf, off + 6, mflags | _REQ_ACK, seq)
+            patch(buf, off + 6, (mflags | wire.NLM_F_REQUEST) & ~wire.NLM_F_ACK, seq)
+            last_off, last_flags = off, mflags
             seq += 1
             i += 1
+        patch(buf, last_off + 6, last_flags | _REQ_ACK, seq - 1)
         try:
             self.sock.send(buf)
         except OSError as exc:
             self.fail(self._socket_error(exc.errno or errno_mod.EIO, f"send failed: {exc}"))
             return
         self.errors[start:i] = [_PENDING] * (i - start)
+        self._chunks.append((start, i))
         self.sent = i
 
     def feed(self, buf: bytearray, n: int) -> None:
@@ -325,14 +338,24 @@ class _BatchOp(_Op):
             if mtype != wire.NLMSG_ERROR:
                 continue
             idx = seq - base
-            if 0 <= idx < sent and errors[idx] == _PENDING:
-                err = -i32(buf, po)[0]
-                errors[idx] = err
-                self.acked += 1
-                if err and mflags & wire.NLM_F_ACK_TLVS:
-                    _e, text = wire.parse_error(buf, po, pe, mflags)
-                    if text:
-                        self.messages[idx] = text
+            if not (0 <= idx < sent and errors[idx] == _PENDING):
+                continue
+            err = -i32(buf, po)[0]
+            errors[idx] = err
+            self.acked += 1
+            if err and mflags & wire.NLM_F_ACK_TLVS:
+                _e, text = wire.parse_error(buf, po, pe, mflags)
+                if text:
+                    self.messages[idx] = text
+            chunks = self._chunks
+            while chunks and chunks[0][1] - 1 <= idx:
+                # the datagram's last request is answered: the silent ones before it
+                # succeeded (a failure would have come, in order, before this answer)
+                first, end = chunks.popleft()
+                for k in range(first, end - 1):
+                    if errors[k] == _PENDING:
+                        errors[k] = 0
+                        self.acked += 1
         self.last_progress = self.loop.time()
 
     def after_drain(self) -> None:

@@ -171,14 +171,17 @@ class FakeKernel:
 
     async def write_learned(
         self,
-        deletes: Sequence[IPNetwork],
-        adds: Sequence[tuple[IPNetwork, tuple[IPAddress, ...]]],
+        deletes: Sequence[int],
+        adds: Sequence[tuple[int, tuple[IPAddress, ...]]],
         table: int,
         metric: int,
         protocol: int,
     ) -> list[int]:
+        from l3hostd.bgp.rib import key_prefix
+
         out = []
-        for dst in deletes:
+        for key in deletes:
+            dst = key_prefix(key)
             self.writes.append(Write("learned-del", dst))
             have = self.learned.get((table, dst))
             if have is None or have[:2] != (metric, protocol):
@@ -186,7 +189,8 @@ class FakeKernel:
             else:
                 del self.learned[(table, dst)]
                 out.append(0)
-        for dst, hops in adds:
+        for key, hops in adds:
+            dst = key_prefix(key)
             self.writes.append(Write("learned-add", (dst, hops)))
             err = self._fail("learned-add")
             if not err:

@@ -56,12 +56,13 @@ class Kernel(Protocol):
 
     async def write_learned(
         self,
-        deletes: Sequence[IPNetwork],
-        adds: Sequence[tuple[IPNetwork, tuple[IPAddress, ...]]],
+        deletes: Sequence[int],
+        adds: Sequence[tuple[int, tuple[IPAddress, ...]]],
         table: int,
         metric: int,
         protocol: int,
     ) -> list[int]:
-        """Deletes match protocol, table and metric; adds create or replace our route
-        (one multipath route when there are several next hops)."""
+        """Prefixes are RIB keys (:func:`l3hostd.bgp.rib.prefix_key`): no network objects
+        for 100k routes. Deletes match protocol, table and metric; adds create or replace
+        our route (one multipath route when there are several next hops)."""
         ...

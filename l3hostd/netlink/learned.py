@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from l3hostd.bgp.rib import AdjRibIn, key_prefix, prefix_key
+from l3hostd.bgp.rib import AdjRibIn, prefix_key
 from l3hostd.model import RT_TABLE_MAIN, RTPROT_L3HOSTD_BGP
 from l3hostd.netlink.kernel import Kernel
 from l3hostd.reconcile import Reconciler
@@ -124,8 +124,8 @@ class LearnedRouteReconciler(Reconciler[int, int]):
     ) -> list[int]:
         hops = self._rib.ecmp_next_hops
         return await self._kernel.write_learned(
-            [key_prefix(k) for k, _ in deletes],
-            [(key_prefix(k), hops(v)) for k, v in adds],
+            [k for k, _ in deletes],
+            [(k, hops(v)) for k, v in adds],
             self.table,
             self.metric,
             self.protocol,

@@ -19,9 +19,11 @@ routes here too.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable, Iterable
 
 from l3hostd.calc import matches
@@ -38,6 +40,34 @@ RCVBUF = 32 << 20
 RTPROT_REDIRECT = 1
 RTPROT_KERNEL = 2
 IGNORED_PROTOCOLS = frozenset({RTPROT_REDIRECT, RTPROT_KERNEL, RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP})
+
+SO_ATTACH_FILTER = 26
+# classic BPF opcodes
+_BPF_LDB_ABS = 0x30  # BPF_LD | BPF_B | BPF_ABS
+_BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K
+_RTM_PROTOCOL_OFFSET = 16 + 5  # nlmsghdr + rtmsg.rtm_protocol
+
+
+def attach_protocol_filter(sock: socket.socket, protocols: tuple[int, ...]) -> None:
+    """Drop route notifications of ``protocols`` in the kernel, before they are queued.
+
+    Our own bulk writes (100k learned routes) would otherwise flood this socket with
+    notifications it must ignore, and overflow it. A route notification carries one
+    message per datagram, so its rtm_protocol is at a fixed offset. Classic BPF:
+    ``ldb [21]; jeq p1 -> drop; ...; ret accept; drop: ret 0``."""
+    prog = [(_BPF_LDB_ABS, 0, 0, _RTM_PROTOCOL_OFFSET)]
+    n = len(protocols)
+    for i, proto in enumerate(protocols):
+        prog.append((_BPF_JEQ_K, n - i, 0, proto))  # jump over the rest and "accept"
+    prog.append((_BPF_RET_K, 0, 0, 0xFFFFFFFF))
+    prog.append((_BPF_RET_K, 0, 0, 0))
+    code = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("=HxxxxxxQ" if struct.calcsize("P") == 8 else "=HxxI",
+                        len(prog), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
 
 #: per prefix: (ifindex, protocol, metric) of every candidate route seen
 _Routes = dict[IPNetwork, set[tuple[int, int, int]]]
@@ -94,6 +124,7 @@ class KernelRouteWatch:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except PermissionError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        attach_protocol_filter(sock, (RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP))
         sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
         self._sock = sock
         self._loop = asyncio.get_running_loop()
@@ -125,6 +156,8 @@ class KernelRouteWatch:
             for mtype, _flags, _seq, start, end in wire.iter_headers(data):
                 if mtype not in (wire.RTM_NEWROUTE, wire.RTM_DELROUTE):
                     continue
+                if data[start + 5] in IGNORED_PROTOCOLS:
+                    continue  # rtm_protocol: e.g. our own bulk of learned routes, unparsed
                 rec = wire.parse_route(data, start, end)
                 if not self._candidate(rec):
                     continue

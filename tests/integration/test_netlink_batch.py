@@ -492,25 +492,46 @@ def test_concurrent_operations_are_serialized(ns: Netns) -> None:
 
 
 def test_receive_overflow_fails_the_operation_and_the_socket_recovers(ns: Netns) -> None:
-    """Too many requests in flight for a small receive buffer: the kernel applies them but
-    drops ACKs (ENOBUFS). The operation fails at once, not at the timeout."""
+    """Too many answers in flight for a small receive buffer: successful requests are not
+    answered one by one (only the last of each datagram asks for an ACK), but failures
+    always are -- 4096 failing deletes overflow an 8 KiB buffer (ENOBUFS). The operation
+    fails at once, not at the timeout, and the socket works again afterwards."""
 
     async def main() -> tuple[NetlinkSocketError, list[int], list[wire.RouteRecord]]:
         async with RtnlBatchSocket(ns.name, max_in_flight=4096, rcvbuf=8192) as sock:
-            adds = [wire.route_add(v4(i), protocol=P44, oif=ns.veth0) for i in range(4096)]
+            deletes = [wire.route_del(v4(i), protocol=P44) for i in range(4096)]
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             with pytest.raises(NetlinkSocketError) as info:
-                await sock.execute(adds)
+                await sock.execute(deletes)
             assert loop.time() - t0 < sock.timeout
             sock.max_in_flight = 16
-            again = await sock.execute(adds[:100])
+            adds = [wire.route_add(v4(i), protocol=P44, oif=ns.veth0) for i in range(100)]
+            again = await sock.execute(adds)
             return info.value, again, await sock.dump_routes(socket.AF_INET, P44)
 
     exc, again, routes = run("uvloop", main)
     assert exc.errno == errno.ENOBUFS
-    # some ACKs arrived, some were lost, the rest was never sent (64 KiB per datagram)
-    assert len(exc.results) == 4096 and {0, RESULT_UNKNOWN, RESULT_NOT_SENT} == set(exc.results)
+    # some errors arrived, some were lost, the rest was never sent (64 KiB per datagram)
+    assert len(exc.results) == 4096
+    assert {errno.ESRCH, RESULT_UNKNOWN, RESULT_NOT_SENT} == set(exc.results)
     assert again == [0] * 100
-    # the kernel applied every request that was sent
-    assert len(routes) == sum(1 for r in exc.results if r != RESULT_NOT_SENT)
+    assert len(routes) == 100
+
+
+def test_successes_are_confirmed_by_one_ack_per_datagram(ns: Netns) -> None:
+    """Mixed outcomes in one batch: every failure is reported at its index, every success
+    is 0, although only the last request of each datagram asked for an ACK."""
+
+    async def main() -> list[int]:
+        async with RtnlBatchSocket(ns.name) as sock:
+            reqs = []
+            for i in range(3000):
+                if i % 7 == 3:
+                    reqs.append(wire.route_del(v4(50_000 + i), protocol=P44))  # ESRCH
+                else:
+                    reqs.append(wire.route_add(v4(i), protocol=P44, oif=ns.veth0))
+            return await sock.execute(reqs)
+
+    results = run("uvloop", main)
+    assert results == [errno.ESRCH if i % 7 == 3 else 0 for i in range(3000)]

@@ -347,4 +347,6 @@ def test_fast_ipv6_networks(value: int, plen: int) -> None:
 
 
 def test_fast_networks_are_in_use() -> None:
-    assert wire._net4 is wire._net4_fast and wire._net6 is wire._net6_fast
+    from l3hostd import fastnet
+
+    assert wire._net4 is fastnet._net4_fast and wire._net6 is fastnet._net6_fast
