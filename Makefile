@@ -23,6 +23,7 @@ lint: setup
 
 bench: setup
 	$(PY) -m bench.endpoints
+	$(PY) -m bench.bgp
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

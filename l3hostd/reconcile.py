@@ -223,6 +223,7 @@ class Reconciler(abc.ABC, Generic[K, V]):
         for key in clean:
             dirty.discard(key)
             retry.pop(key, None)
+        self._shrink()
         if not deletes and not adds:
             return 0
         self.stats.applies += 1
@@ -250,7 +251,16 @@ class Reconciler(abc.ABC, Generic[K, V]):
                 retry.pop(key, None)
         if failed:
             self._log_failures(failed, started)
+        self._shrink()
         return len(errnos)
+
+    def _shrink(self) -> None:
+        """A set keeps the table of its largest size: after a bulk load has drained, give
+        the memory of 100k dirty keys back instead of holding it forever."""
+        if not self._dirty_add:
+            self._dirty_add = set()
+        if not self._dirty_rm:
+            self._dirty_rm = set()
 
     def _fail(self, key: K, err: int, now: float) -> None:
         retry = self._retry.get(key)

@@ -1,2 +1,3 @@
 """BGP speaker (iBGP to the route reflectors): ExaBGP as wire codec behind ``codec.py``,
-an own sans-IO FSM, RIB and Adj-RIB-Out. Not built yet: see the BGP issue."""
+an own sans-IO FSM (``fsm.py``), a compact Adj-RIB-In (``rib.py``), Adj-RIB-Out per peer
+and the manager that connects them to the dataplane (``manager.py``)."""
