@@ -48,6 +48,7 @@ class DataplaneSettings:
     interface_patterns: tuple[str, ...] = ("tap*",)
     table: int = RT_TABLE_MAIN
     ipv6_gateway: bool = True
+    route_localnet: bool = False
 
 
 def matches(ifname: str, patterns: Iterable[str]) -> bool:
@@ -87,7 +88,7 @@ def plan_endpoint(
         for ip in ep.ips
     )
     neighbours = tuple(Neighbour(link.ifindex, ip, ep.mac) for ip in ep.ips)
-    tap = TapConfig(link.ifindex, link.ifname, ipv6=settings.ipv6_gateway)
+    tap = TapConfig(link.ifindex, link.ifname, settings.ipv6_gateway, settings.route_localnet)
     return EndpointPlan(EndpointState.ACTIVE, "", routes, neighbours, tap, link.ifindex)
 
 

@@ -33,6 +33,8 @@ from l3hostd.calc import DataplaneSettings
 from l3hostd.config import Config
 from l3hostd.dataplane import Dataplane
 from l3hostd.endpoints.directory import DirectorySource, SourceChange
+from l3hostd.firewall.compile import FirewallSettings
+from l3hostd.firewall.reconciler import FirewallInputs, FirewallReconciler
 from l3hostd.model import RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP, Link
 from l3hostd.netlink import sysctl
 from l3hostd.netlink.driver import NetlinkDriver
@@ -43,11 +45,28 @@ log = logging.getLogger("l3hostd")
 
 
 def dataplane_settings(config: Config) -> DataplaneSettings:
+    fw = config.firewall
     return DataplaneSettings(
         interface_patterns=tuple(config.endpoints.interface_patterns),
         table=config.dataplane.table_id,
         ipv6_gateway=config.dataplane.ipv6_gateway,
+        route_localnet=fw.enabled and fw.host_allow.metadata
+        and fw.metadata_address.host.is_loopback,
     )
+
+
+def firewall_reconciler(config: Config) -> FirewallReconciler | None:
+    fw = config.firewall
+    if not fw.enabled:
+        return None
+    settings = FirewallSettings(
+        interface_patterns=tuple(config.endpoints.interface_patterns),
+        dhcp=fw.host_allow.dhcp,
+        dns=fw.host_allow.dns,
+        metadata=fw.host_allow.metadata,
+        metadata_address=(str(fw.metadata_address.host), fw.metadata_address.port),
+    )
+    return FirewallReconciler(FirewallInputs(settings))
 
 
 class Daemon:
@@ -55,7 +74,9 @@ class Daemon:
         self.config = config
         self.started = time.time()
         self.driver = NetlinkDriver()
-        self.dataplane = Dataplane(self.driver, dataplane_settings(config))
+        self.dataplane = Dataplane(
+            self.driver, dataplane_settings(config), firewall=firewall_reconciler(config)
+        )
         self.bgp: BgpManager | None = (
             BgpManager(config, self.dataplane, self.driver) if config.bgp.peers else None
         )
@@ -92,6 +113,8 @@ class Daemon:
             self.bgp.watch.resync_needed.set()
 
     def _on_endpoints(self, change: SourceChange) -> None:
+        if change.groups_changed or change.members_changed:
+            self.dataplane.on_groups(self.source.security_groups(), self.source.group_members())
         self.dataplane.on_endpoints(change.endpoints_upserted, change.endpoints_removed)
 
     def _on_overflow(self) -> None:
@@ -143,6 +166,7 @@ class Daemon:
         await self.driver.open()
         self.monitor.start()
         self.source.load_initial()
+        self.dataplane.on_groups(self.source.security_groups(), self.source.group_members())
         self.dataplane.on_endpoints(self.source.endpoints(), ())
         self._on_links(await self.driver.dump_links())
         self.dataplane.set_ready()

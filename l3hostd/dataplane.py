@@ -32,10 +32,23 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from l3hostd.calc import DataplaneSettings, DesiredState, PlanDelta
-from l3hostd.model import Endpoint, EndpointState, HostRoute, Link, RouteKey
+from l3hostd.model import (
+    Endpoint,
+    EndpointState,
+    HostRoute,
+    IPAddress,
+    IPNetwork,
+    Link,
+    RouteKey,
+    SecurityGroup,
+)
 from l3hostd.netlink.kernel import Kernel
+
+if TYPE_CHECKING:
+    from l3hostd.firewall.reconciler import FirewallReconciler
 from l3hostd.netlink.neighbors import NeighbourReconciler
 from l3hostd.netlink.routes import RouteReconciler
 from l3hostd.netlink.tapconfig import TapConfigReconciler
@@ -60,6 +73,7 @@ class Dataplane:
         kernel: Kernel,
         settings: DataplaneSettings,
         clock: Callable[[], float] = time.monotonic,
+        firewall: FirewallReconciler | None = None,
     ) -> None:
         self.state = DesiredState(settings)
         self.tapconfig = TapConfigReconciler(kernel, lambda: list(self.tapconfig.desired.values()))
@@ -70,6 +84,13 @@ class Dataplane:
         # the VM reachable, so it is on the shortest path from a TAP event; the firewall
         # (a later issue) will go before it, the BGP announcement after the whole pass.
         self.reconcilers: tuple[Reconciler, ...] = (self.routes, self.neighbours, self.tapconfig)  # type: ignore[type-arg]
+        # The firewall goes first: an endpoint's routes are desired only once its chains
+        # are observed in the kernel ("released"), and they are removed before its chains.
+        self.firewall = firewall
+        self._released: set[str] = set()  # endpoints whose firewall was ready once
+        self._waiting: set[str] = set()  # active endpoints whose routes wait for it
+        if firewall is not None:
+            self.reconcilers = (firewall, *self.reconcilers)
         self._clock = clock
         #: called with a link that went admin-down or away (learned routes via it are gone)
         self.link_down_listeners: list[Callable[[int], None]] = []
@@ -84,9 +105,11 @@ class Dataplane:
 
     def on_endpoints(self, upserted: Mapping[str, Endpoint], removed: Iterable[str]) -> None:
         for eid in removed:
-            self._absorb(self.state.remove_endpoint(eid))
+            self._absorb(self.state.remove_endpoint(eid), {eid})
         for ep in upserted.values():
-            self._absorb(self.state.upsert_endpoint(ep))
+            # (the firewall sees every change: one of security groups or allowed address
+            # pairs leaves the routing plan as it was)
+            self._absorb(self.state.upsert_endpoint(ep), {ep.id})
 
     def on_link(self, link: Link) -> None:
         log.debug("link %d %s up=%s carrier=%s", link.ifindex, link.ifname, link.admin_up,
@@ -142,11 +165,62 @@ class Dataplane:
             r.queue_resync()
         self._wake.set()
 
-    def _absorb(self, delta: PlanDelta) -> None:
-        if not delta:
+    def on_groups(
+        self,
+        groups: Mapping[str, SecurityGroup],
+        remote: Mapping[str, frozenset[IPAddress | IPNetwork]],
+    ) -> None:
+        """Security groups and remote group members (the directory source's)."""
+        if self.firewall is None:
             return
+        inputs = self.firewall.inputs
+        self.firewall.refresh(inputs.set_groups(groups) | inputs.set_remote(remote))
+        self._wake.set()
+
+    def _gate(self, delta: PlanDelta, endpoints: Iterable[str] = ()) -> set[RouteKey]:
+        """Feed the firewall; return the route keys to hold back until it is ready."""
+        held: set[RouteKey] = set()
+        firewall = self.firewall
+        if firewall is None:
+            return held
+        keys: set[str] = set()
+        for eid in set(delta.states).union(endpoints):
+            plan = self.state.plans.get(eid)
+            ep = self.state.endpoints.get(eid)
+            if plan is None or ep is None or plan.state is EndpointState.CONFLICT:
+                keys |= firewall.inputs.set_endpoint(None, eid, False)
+                self._released.discard(eid)
+                self._waiting.discard(eid)
+                continue
+            active = plan.state is EndpointState.ACTIVE
+            keys |= firewall.inputs.set_endpoint(ep, eid, active)
+            if not active:
+                self._released.discard(eid)
+                self._waiting.discard(eid)
+            elif eid not in self._released:
+                held |= {r.key for r in plan.routes}
+                self._waiting.add(eid)
+        firewall.refresh(keys)
+        return held
+
+    def _release(self) -> None:
+        """After the firewall's writes: endpoints whose chains are in place get routes."""
+        firewall = self.firewall
+        assert firewall is not None
+        for eid in [e for e in self._waiting if firewall.ready(e)]:
+            self._waiting.discard(eid)
+            plan = self.state.plans.get(eid)
+            if plan is not None and plan.state is EndpointState.ACTIVE:
+                self._released.add(eid)
+                for route in plan.routes:
+                    self.routes.set_desired(route.key, route)
+
+    def _absorb(self, delta: PlanDelta, endpoints: Iterable[str] = ()) -> None:
+        if not delta and not endpoints:
+            return
+        held = self._gate(delta, endpoints)
         for rk, route in delta.routes.items():
-            self.routes.set_desired(rk, route)
+            self.routes.set_desired(rk, None if rk in held else route)
         for nk, neigh in delta.neighbours.items():
             self.neighbours.set_desired(nk, neigh)
         for ifindex, tap in delta.taps.items():
@@ -190,6 +264,8 @@ class Dataplane:
             written += await r.apply(Phase.REMOVE, now)
         for r in self.reconcilers:
             written += await r.apply(Phase.ADD, now)
+            if r is self.firewall:
+                self._release()
         elapsed = self._clock() - started
         if written and log.isEnabledFor(logging.DEBUG):
             log.debug("pass: %d requests in %.2f ms", written, elapsed * 1000)
@@ -233,14 +309,20 @@ class Dataplane:
             installed = [
                 str(r.dst) for r in plan.routes if self.routes.observed.get(r.key) == r
             ]
+            state, reason = plan.state.value, plan.reason
+            if self.firewall is not None and plan.state is EndpointState.ACTIVE and (
+                eid not in self._released
+            ):
+                state = "firewall-pending"
+                reason = self.firewall.stats.last_error or "chains not installed yet"
             rows.append(
                 {
                     "id": eid,
                     "interface": ep.interface,
                     "mac": ep.mac,
                     "ips": [str(ip) for ip in ep.ips],
-                    "state": plan.state.value,
-                    "reason": plan.reason,
+                    "state": state,
+                    "reason": reason,
                     "ifindex": plan.ifindex,
                     "routes_installed": installed,
                 }

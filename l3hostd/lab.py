@@ -176,6 +176,16 @@ def l3hostd_command(*args: str) -> list[str]:
 # ---- hypervisors and VMs ---------------------------------------------------------------------
 
 
+OPEN_GROUP = """\
+name: default
+rules:
+  - {direction: ingress, ethertype: IPv4}
+  - {direction: ingress, ethertype: IPv6}
+  - {direction: egress, ethertype: IPv4}
+  - {direction: egress, ethertype: IPv6}
+"""
+
+
 class Vm:
     """A VM: a namespace whose ``eth0`` is the peer of a TAP-named veth on its hypervisor."""
 
@@ -204,6 +214,11 @@ class Hypervisor:
         self.dir = lab.workdir / role
         self.endpoints = self.dir / "endpoints"
         self.endpoints.mkdir(parents=True)
+        groups = self.endpoints / "security-groups"
+        groups.mkdir()
+        # The lab's "default" group is open in both directions: tests about routing are not
+        # about the firewall (tests/integration/test_firewall.py writes its own groups).
+        (groups / "default.yaml").write_text(OPEN_GROUP)
         self.config_path = self.dir / "l3hostd.yaml"
         self.socket = self.dir / "control.sock"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -157,6 +157,8 @@ class TapConfig:
     ifindex: int
     ifname: str
     ipv6: bool = True
+    #: ``route_localnet=1``: the metadata service is DNATed to a loopback address
+    route_localnet: bool = False
 
 
 class EndpointState(enum.Enum):

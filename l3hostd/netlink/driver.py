@@ -249,11 +249,11 @@ class NetlinkDriver:
         return [
             t for t in taps
             if (not t.ipv6 or t.ifindex in with_gateway)
-            and sysctl.tap_is_configured(t.ifname, t.ipv6)
+            and sysctl.tap_is_configured(t.ifname, t.ipv6, localnet=t.route_localnet)
         ]
 
     async def write_tap_configs(self, taps: Sequence[TapConfig]) -> list[int]:
-        errs = [sysctl.configure_tap(t.ifname, t.ipv6) for t in taps]
+        errs = [sysctl.configure_tap(t.ifname, t.ipv6, localnet=t.route_localnet) for t in taps]
         v6 = [i for i, t in enumerate(taps) if t.ipv6 and errs[i] == 0]
         if v6:
             results = await self.batch.execute(

@@ -34,8 +34,13 @@ IPV6_SETTINGS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _settings(ipv6: bool) -> tuple[tuple[str, str], ...]:
-    return IPV4_SETTINGS + IPV6_SETTINGS if ipv6 else IPV4_SETTINGS
+#: only with a loopback metadata address: the DNAT of 169.254.169.254 to 127.0.0.1 needs it
+LOCALNET_SETTINGS: tuple[tuple[str, str], ...] = (("ipv4/conf/{}/route_localnet", "1"),)
+
+
+def _settings(ipv6: bool, localnet: bool = False) -> tuple[tuple[str, str], ...]:
+    out = IPV4_SETTINGS + IPV6_SETTINGS if ipv6 else IPV4_SETTINGS
+    return out + LOCALNET_SETTINGS if localnet else out
 
 
 def _path(template: str, ifname: str, root: Path) -> Path:
@@ -59,13 +64,15 @@ def read(template: str, ifname: str, root: Path = PROC_SYS) -> str | None:
         os.close(fd)
 
 
-def tap_is_configured(ifname: str, ipv6: bool, root: Path = PROC_SYS) -> bool:
-    return all(read(t, ifname, root) == v for t, v in _settings(ipv6))
+def tap_is_configured(
+    ifname: str, ipv6: bool, root: Path = PROC_SYS, localnet: bool = False
+) -> bool:
+    return all(read(t, ifname, root) == v for t, v in _settings(ipv6, localnet))
 
 
-def configure_tap(ifname: str, ipv6: bool, root: Path = PROC_SYS) -> int:
+def configure_tap(ifname: str, ipv6: bool, root: Path = PROC_SYS, localnet: bool = False) -> int:
     """Write the settings that differ; return 0 or the errno of the first failure."""
-    for template, value in _settings(ipv6):
+    for template, value in _settings(ipv6, localnet):
         if read(template, ifname, root) == value:
             continue
         try:

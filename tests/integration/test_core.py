@@ -20,6 +20,10 @@ def boot(lab: Lab, vms: int = 2) -> tuple[Hypervisor, list[Vm]]:
     fabric = lab.netns("fabric")
     hv = Hypervisor(lab, "hv", 1)
     hv.attach_uplink(fabric)
+    # These tests are about routing, proxy-ARP and the kernel state, VM -> host pings
+    # included, which the firewall's host protection forbids (tests/integration/
+    # test_firewall.py covers it).
+    hv.write_config({"firewall": {"enabled": False}})
     machines = [hv.add_vm(f"vm{i}", 10 + i) for i in range(1, vms + 1)]
     hv.start()
     hv.wait_ready()

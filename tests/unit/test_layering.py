@@ -19,6 +19,8 @@ PURE = [
     "bgp/framing.py",
     "bgp/rib.py",
     "bgp/adj_rib_out.py",
+    "firewall/compile.py",
+    "fastnet.py",
 ]
 IO_MODULES = {
     "asyncio",
