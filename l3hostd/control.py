@@ -40,6 +40,8 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "passes": dp.stats.passes,
         "link_events": daemon.monitor.events,
         "link_overflows": daemon.monitor.overflows,
+        "firewall_error": (dp.firewall.nft_error or dp.firewall.stats.last_error)
+        if dp.firewall is not None else "",
         "reconcilers": {
             r.name: {
                 "desired": len(r.desired),

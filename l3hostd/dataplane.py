@@ -256,14 +256,17 @@ class Dataplane:
         """One pass (see the module docstring); returns the number of requests written."""
         started = self._clock()
         for r in self.reconcilers:
-            if r.resync_pending:
-                await r.resync()
+            if r.resync_pending and r.resync_due(started):
+                try:
+                    await r.resync()
+                except Exception as exc:  # the kernel or nft could not be read: retry later
+                    r.resync_failed(started, exc)
         now = self._clock()
         written = 0
         for r in reversed(self.reconcilers):
-            written += await r.apply(Phase.REMOVE, now)
+            written += await self._apply(r, Phase.REMOVE, now)
         for r in self.reconcilers:
-            written += await r.apply(Phase.ADD, now)
+            written += await self._apply(r, Phase.ADD, now)
             if r is self.firewall:
                 self._release()
         elapsed = self._clock() - started
@@ -282,6 +285,18 @@ class Dataplane:
                 self.count_states().get(EndpointState.ACTIVE, 0),
             )
         return written
+
+    async def _apply(self, r: Reconciler, phase: Phase, now: float) -> int:  # type: ignore[type-arg]
+        if not r.in_sync:
+            return 0  # never written before it has read the kernel once
+        try:
+            return await r.apply(phase, now)
+        except Exception as exc:
+            # A bug or an unexpected failure in one reconciler must not stop the others
+            # (nor the daemon): its keys stay dirty and it resyncs before trying again.
+            log.exception("%s: apply failed; resync and retry", r.name)
+            r.resync_failed(now, exc)
+            return 0
 
     def _notify_routes(self) -> None:
         """Tell listeners (BGP) which installed host routes appeared, changed or went away."""
@@ -314,7 +329,11 @@ class Dataplane:
                 eid not in self._released
             ):
                 state = "firewall-pending"
-                reason = self.firewall.stats.last_error or "chains not installed yet"
+                reason = (
+                    self.firewall.nft_error
+                    or self.firewall.stats.last_error
+                    or "chains not installed yet"
+                )
             rows.append(
                 {
                     "id": eid,

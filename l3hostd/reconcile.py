@@ -80,6 +80,8 @@ class Reconciler(abc.ABC, Generic[K, V]):
         self._dirty_rm: set[K] = set()  # not desired: may need a delete
         self._retry: dict[K, _Retry] = {}
         self._resync_pending = True
+        self._resync_not_before = 0.0
+        self._resync_failures = 0
         self.in_sync = False  # True after the first successful resync
         self._observed_changed: set[K] = set()
         #: Record observed changes for take_observed_changes() (off: nobody asks; it would
@@ -126,6 +128,19 @@ class Reconciler(abc.ABC, Generic[K, V]):
     def queue_resync(self) -> None:
         self._resync_pending = True
 
+    def resync_due(self, now: float) -> bool:
+        return now >= self._resync_not_before
+
+    def resync_failed(self, now: float, exc: BaseException) -> None:
+        """Reading the kernel failed (or an apply blew up): try again with backoff."""
+        self._resync_failures += 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(self._resync_failures, 10))
+        self._resync_not_before = now + delay
+        self._resync_pending = True
+        self.stats.errors += 1
+        self.stats.last_error = f"resync: {exc}"[:500]
+        log.warning("%s: %s; retrying in %.1fs", self.name, self.stats.last_error, delay)
+
     def release_protection(self) -> None:
         """End a graceful-restart hold: sweep what is ours and not desired."""
         if self.protect_unwanted:
@@ -139,7 +154,9 @@ class Reconciler(abc.ABC, Generic[K, V]):
     def pending(self, now: float) -> bool:
         """Is there work that may be done now?"""
         if self._resync_pending:
-            return True
+            return now >= self._resync_not_before
+        if not self.in_sync:
+            return False
         if not self._retry:
             return bool(self._dirty_add or self._dirty_rm)
         retry = self._retry
@@ -150,10 +167,11 @@ class Reconciler(abc.ABC, Generic[K, V]):
         )
 
     def next_retry(self) -> float | None:
-        """Earliest deadline of a key waiting for its backoff, if any."""
-        if not self._retry:
-            return None
-        return min(r.not_before for r in self._retry.values())
+        """Earliest deadline of a key (or of a failed resync) waiting for its backoff."""
+        deadlines = [r.not_before for r in self._retry.values()]
+        if self._resync_pending and self._resync_not_before:
+            deadlines.append(self._resync_not_before)
+        return min(deadlines) if deadlines else None
 
     def take_observed_changes(self) -> set[K]:
         """Keys whose observed (installed) value changed since the last call
@@ -182,6 +200,7 @@ class Reconciler(abc.ABC, Generic[K, V]):
         self._dirty_add.update(self.desired)
         self._dirty_rm.update(k for k in observed if k not in self.desired)
         self._resync_pending = False
+        self._resync_failures = 0
         self.in_sync = True
         self.stats.resyncs += 1
 

@@ -154,6 +154,7 @@ class FirewallReconciler(Reconciler[str, str]):
             except (OSError, nft.NftError) as exc:
                 log.info("libnftables not usable (%s): using the nft command", exc)
         self.transactions = 0
+        self.nft_error = ""  # nft's own message of the last failed transaction, if any
         # a changed endpoint is rewritten by its add script (idempotent: flush + refill of
         # its chains in the same transaction), never deleted and re-added
         self.replace_in_place = True
@@ -224,10 +225,10 @@ class FirewallReconciler(Reconciler[str, str]):
                 await nft.apply(script)
         except nft.NftError as exc:
             log.error("firewall: nft transaction of %d changes failed: %s", n, exc)
-            self.stats.last_error = str(exc)[:500]
+            self.nft_error = str(exc)[:500]
             return [errno.EIO] * n  # every key of the batch stays dirty: retried w/ backoff
         self.transactions += 1
-        self.stats.last_error = ""
+        self.nft_error = ""
         for key, _ in deletes:
             self._installed.pop(key, None)
             self._installed_members.pop(key, None)

@@ -215,12 +215,15 @@ def connects_within(ns: Netns, addr: str, port: int, within: float = 3.0,
 
 
 def blocked_within(ns: Netns, addr: str, port: int, within: float = 5.0) -> str:
-    """Retry connects until one fails (the rule has gone); returns the last outcome."""
+    """Retry connects until two in a row fail (the rule has gone, and a lost packet is not
+    taken for it); returns the last outcome."""
     last = ["never tried"]
+    failures = [0]
 
     def attempt() -> bool:
         last[0] = tcp_connect(ns, addr, port, timeout=0.5)
-        return last[0] != "ok"
+        failures[0] = failures[0] + 1 if last[0] != "ok" else 0
+        return failures[0] >= 2
 
     with contextlib.suppress(LabError):
         wait_until(attempt, within, interval=0.05)

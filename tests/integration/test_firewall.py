@@ -125,6 +125,24 @@ def test_changing_an_endpoints_groups_takes_effect(lab: Lab) -> None:
     assert blocked(out), f"client -> VM tcp/22 after the VM left group ssh: {out}"
 
 
+def test_editing_a_group_takes_effect(lab: Lab) -> None:
+    """Rewriting a security-group file re-applies it to its members (new connections)."""
+    hv, client, (vm,) = topology(lab, [("vm1", 11)])
+    write_group(hv, "svc", [rule("ingress", "tcp", 22)])
+    start(hv)
+    write_endpoint(hv, vm, ["svc"])
+    wait_active(hv, vm)
+    tcp_listen(lab, vm.ns, ["0.0.0.0,22", "0.0.0.0,80"])
+    out = connects_within(client, vm.ipv4, 22)
+    assert out == "ok", f"client -> VM tcp/22 (group svc allows 22): {out}"
+
+    write_group(hv, "svc", [rule("ingress", "tcp", 80)])
+    out = connects_within(client, vm.ipv4, 80, within=5)
+    assert out == "ok", f"client -> VM tcp/80 after svc was changed to allow 80: {out}"
+    out = tcp_connect(client, vm.ipv4, 22)
+    assert blocked(out), f"client -> VM tcp/22 after svc no longer allows it: {out}"
+
+
 # ---- 2. anti-spoofing -----------------------------------------------------------------------
 
 
@@ -260,6 +278,7 @@ def test_vm_reaches_only_dhcp_and_dns_on_the_hypervisor(lab: Lab) -> None:
         for port in (179, 22):
             out = tcp_connect(vm.ns, addr, port)
             assert blocked(out), f"VM -> hypervisor {addr} tcp/{port} must be dropped: {out}"
+    assert no_ping(vm.ns, hv.uplink4), "VM -> hypervisor ping must be dropped (not in the list)"
 
 
 def test_vm_reaches_metadata_through_dnat(lab: Lab) -> None:
@@ -384,3 +403,12 @@ def test_enforcement_survives_the_daemon(lab: Lab, sig: int) -> None:
     out = tcp_connect(client, vm.ipv4, 80)
     assert blocked(out), f"client -> VM tcp/80 with l3hostd dead must still be dropped: {out}"
     assert pings(client, vm.ipv4), "client -> VM ping with l3hostd dead"
+
+    # Started again, it adopts the table and keeps enforcing.
+    hv.start()
+    hv.wait_ready()
+    wait_active(hv, vm)
+    out = connects_within(client, vm.ipv4, 22)
+    assert out == "ok", f"client -> VM tcp/22 after l3hostd restarted: {out}"
+    out = tcp_connect(client, vm.ipv4, 80)
+    assert blocked(out), f"client -> VM tcp/80 after l3hostd restarted must be dropped: {out}"
