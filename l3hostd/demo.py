@@ -9,8 +9,9 @@ the reflector. The demo writes the VMs' endpoint files, shows the host routes in
 and announced, the routes each hypervisor learned from the reflector, VM-to-VM pings over
 IPv4 and IPv6 (no shared L2 anywhere: /32 and /128 routes, proxy-ARP and the fe80::1
 gateway), ``l3hostctl`` output and ``birdc show route`` on the reflector; then a VM goes
-away and its routes disappear everywhere, and the lab is torn down. ``--keep`` leaves it
-up until Ctrl-C and prints how to look around. Everything it creates is removed on
+away and its routes disappear everywhere, and the lab is torn down. A security group on
+vm2 shows the nftables enforcement (TCP 22 and ping allowed, TCP 80 dropped). ``--keep``
+leaves it up until Ctrl-C and prints how to look around. Everything it creates is removed on
 success, failure and Ctrl-C.
 """
 
@@ -23,7 +24,9 @@ import sys
 import time
 from typing import NoReturn
 
-from l3hostd.lab import Lab, LabError, wait_until
+import yaml
+
+from l3hostd.lab import Lab, LabError, Vm, wait_until
 
 
 def say(text: str) -> None:
@@ -39,6 +42,27 @@ def check(ok: bool, what: str) -> None:
     print(f"  [{'ok' if ok else 'FAILED'}] {what}", flush=True)
     if not ok:
         raise LabError(what)
+
+
+SSH_GROUP = """\
+name: ssh
+rules:
+  - {direction: ingress, protocol: tcp, port_range_min: 22, port_range_max: 22}
+  - {direction: ingress, protocol: icmp}
+  - {direction: egress}
+"""
+
+LISTEN = (
+    "import socket\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', {port})); s.listen(8)\n"
+    "while True: s.accept()[0].close()\n"
+)
+
+
+def _connects(vm: Vm, address: str, port: int) -> bool:
+    code = f"import socket; socket.create_connection(({address!r}, {port}), timeout=1.5)"
+    return vm.ns.run(sys.executable, "-c", code, check=False).returncode == 0
 
 
 def _interrupt(*_: object) -> NoReturn:
@@ -98,6 +122,23 @@ def _demo(lab: Lab, keep: bool) -> int:
     check(vm1.ns.ping(vm2.ipv4, timeout=3), f"vm1 -> vm2 {vm2.ipv4}")
     check(vm1.ns.ping(vm2.ipv6, timeout=3), f"vm1 -> vm2 {vm2.ipv6}")
     check(vm2.ns.ping(vm1.ipv4, timeout=3), f"vm2 -> vm1 {vm1.ipv4}")
+
+    say("a security group: vm2 now accepts only ping and TCP 22 (nftables on hv2)")
+    (hv2.endpoints / "security-groups" / "ssh.yaml").write_text(SSH_GROUP)
+    endpoint = vm2.endpoint()
+    endpoint["security_groups"] = ["ssh"]
+    path = hv2.endpoints / f"{vm2.tap}.yaml"
+    path.with_suffix(".tmp").write_text(yaml.safe_dump(endpoint))
+    path.with_suffix(".tmp").rename(path)
+    for port in (22, 80):
+        lab.start(vm2.ns, [sys.executable, "-c", LISTEN.format(port=port)], f"listen{port}.log")
+    time.sleep(0.5)
+    check(_connects(vm1, vm2.ipv4, 22), "vm1 -> vm2 TCP 22 is allowed")
+    check(not _connects(vm1, vm2.ipv4, 80), "vm1 -> vm2 TCP 80 is dropped")
+    check(vm1.ns.ping(vm2.ipv4, timeout=3), "vm1 -> vm2 ping is allowed")
+    show(f"ip netns exec {hv2.ns.name} nft list table inet l3hostd | grep ...",
+         "\n".join(line for line in hv2.ns.run("nft", "list", "table", "inet", "l3hostd")
+                   .stdout.splitlines() if "dport 22" in line or "l3hostd:" in line)[:2000])
 
     say("l3hostctl, the operator's view on hv1")
     from l3hostd.ctl import main as ctl_main
