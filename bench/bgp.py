@@ -49,17 +49,15 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
-import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench.listen import Listener
 from l3hostd.birdlab import BgpTopology, BirdRouter, SpeakerKind
 from l3hostd.lab import Hypervisor, Lab, LabError, Netns, wait_until
 
@@ -69,55 +67,6 @@ BULK_TIMEOUT = 180.0
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-@dataclass
-class Listener:
-    """Reads the lines of a :mod:`bench.listen` process running in a namespace."""
-
-    netns: str
-    protocols: str
-    link_up: dict[str, float] = field(default_factory=dict)  # ifname -> last up with carrier
-    route_added: dict[str, float] = field(default_factory=dict)  # dst -> last add
-    route_deleted: dict[str, float] = field(default_factory=dict)  # dst -> last delete
-    routes_now: set[str] = field(default_factory=set)
-    last_add: float = 0.0
-    first_add: float = 0.0
-    overflows: int = 0
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-m", "bench.listen",
-             "--protocols", self.protocols],
-            stdout=subprocess.PIPE, text=True, bufsize=1,
-        )
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("listener did not start")
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(5)
-
-    def _run(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            kind, what, *rest = line.split()
-            t = float(rest[-1])
-            if kind == "up":
-                self.link_up[what] = t
-            elif kind == "add":
-                self.route_added[what] = t
-                self.routes_now.add(what)
-                self.last_add = t
-                self.first_add = self.first_add or t
-            elif kind == "del":
-                self.route_deleted[what] = t
-                self.routes_now.discard(what)
-            elif kind == "overflow":
-                self.overflows += 1
 
 
 class IpBatch:

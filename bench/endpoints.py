@@ -24,58 +24,13 @@ import platform
 import socket
 import statistics
 import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from bench.listen import Listener
 from l3hostd.lab import Hypervisor, Lab, wait_until
-
-
-@dataclass
-class Listener:
-    """Reads the event lines of a :mod:`bench.listen` process running in a namespace."""
-
-    netns: str
-    link_up: dict[str, float] = field(default_factory=dict)  # ifname -> up with carrier
-    route_added: dict[str, float] = field(default_factory=dict)  # dst -> first add
-    route_deleted: dict[str, float] = field(default_factory=dict)  # dst -> last delete
-    routes_now: set[str] = field(default_factory=set)
-    overflows: int = 0
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-m", "bench.listen"],
-            stdout=subprocess.PIPE, text=True, bufsize=1,
-        )
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("listener did not start")
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(5)
-
-    def _run(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            kind, what, *rest = line.split()
-            t = float(rest[-1])
-            if kind == "up":
-                self.link_up[what] = t
-            elif kind == "add":
-                self.route_added.setdefault(what, t)
-                self.routes_now.add(what)
-            elif kind == "del":
-                self.route_deleted[what] = t
-                self.routes_now.discard(what)
-            elif kind == "overflow":
-                self.overflows += 1
 
 
 def endpoint(i: int) -> dict[str, object]:
@@ -137,8 +92,16 @@ def main() -> None:
         ip_batch(vms.name, [f"link set p{i} up" for i in range(n)])
         ip_batch(hv.ns.name, [f"link set {ep['interface']} up" for ep in eps])
         t_taps = time.monotonic()
-        wait_until(lambda: len(listener.routes_now) >= 2 * n, 60, interval=0.002,
-                   what=f"{2 * n} routes")
+        try:
+            wait_until(lambda: len(listener.routes_now) >= 2 * n, 60, interval=0.002,
+                       what=f"{2 * n} routes")
+        except Exception:
+            # say whose view is short: the listener's (missed events) or the kernel's
+            kernel = hv.ns.run("sh", "-c", "ip route show proto 44; ip -6 route show proto 44")
+            print(f"listener saw {len(listener.routes_now)} routes, overflows "
+                  f"{listener.overflows}; kernel has {len(kernel.stdout.splitlines())}; "
+                  f"daemon: {json.dumps(hv.ctl('show', 'status'))[:2000]}", flush=True)
+            raise
         t_done = max(listener.route_added.values())
         last_up = max(listener.link_up.values())
         burst = {

@@ -14,8 +14,11 @@ from __future__ import annotations
 import argparse
 import socket
 import struct
+import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 
 from l3hostd.netlink import wire
 
@@ -25,6 +28,55 @@ RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE = 1, 7, 11
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 IFLA_IFNAME = 3
 RTM_NEWLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 24, 25
+
+
+@dataclass
+class Listener:
+    """Reads the lines of a :mod:`bench.listen` process running in a namespace."""
+
+    netns: str
+    protocols: str = "44,45"
+    link_up: dict[str, float] = field(default_factory=dict)  # ifname -> last up with carrier
+    route_added: dict[str, float] = field(default_factory=dict)  # dst -> last add
+    route_deleted: dict[str, float] = field(default_factory=dict)  # dst -> last delete
+    routes_now: set[str] = field(default_factory=set)
+    last_add: float = 0.0
+    first_add: float = 0.0
+    overflows: int = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-m", "bench.listen",
+             "--protocols", self.protocols],
+            stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("listener did not start")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def _run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            kind, what, *rest = line.split()
+            t = float(rest[-1])
+            if kind == "up":
+                self.link_up[what] = t
+            elif kind == "add":
+                self.route_added[what] = t
+                self.routes_now.add(what)
+                self.last_add = t
+                self.first_add = self.first_add or t
+            elif kind == "del":
+                self.route_deleted[what] = t
+                self.routes_now.discard(what)
+            elif kind == "overflow":
+                self.overflows += 1
 
 
 def ifname(payload: bytes) -> str | None:
