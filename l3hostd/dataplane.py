@@ -239,6 +239,10 @@ class Dataplane:
         while True:
             self._wake.clear()
             now = self._clock()
+            if self.firewall is not None and self._waiting:
+                # an endpoint may have become active after its chains were already in
+                # place (nothing of its own left to write): let its routes go now
+                self._release()
             if self._ready and any(r.pending(now) for r in self.reconcilers):
                 await self.apply_once()
                 continue
