@@ -156,3 +156,45 @@ def test_removal_takes_the_route_before_the_chains(fake_nft: FakeNft) -> None:
         assert "delete chain inet l3hostd to-e1" in fake_nft.scripts[-1]
 
     asyncio.run(go())
+
+
+def test_activation_during_a_pass_after_the_release_is_not_forgotten(fake_nft: FakeNft) -> None:
+    """E's chains are already in place; E's TAP comes up while a pass is writing another
+    endpoint's route -- after that pass released the held routes, before it wrote E's
+    neighbours and TAP config. Nothing of E is left dirty at the end of the pass, yet E's
+    route must still be installed (it once waited forever)."""
+    k = FakeKernel()
+    k.add_link("tapa")
+    tap_b = k.add_link("tapb", up=False)
+    dp, fw = make(k)
+    a = Endpoint("a", "tapa", "fa:16:3e:00:00:01", (ip_address("10.0.0.1"),), (), ("none",))
+    b = Endpoint("b", "tapb", "fa:16:3e:00:00:02", (ip_address("10.0.0.2"),), (), ("none",))
+
+    async def go() -> None:
+        dp.on_endpoints({"b": b}, ())  # b: file present, TAP down -> chains go in
+        dp.on_links(await k.dump_links())
+        dp.set_ready()
+        await dp.apply_once()
+        assert fw.ready("b") and not k.routes
+        original = k.write_routes
+        fired = False
+
+        async def write_routes(deletes: Any, adds: Any) -> list[int]:
+            nonlocal fired
+            if not fired:
+                fired = True
+                dp.on_link(k.set_link_up(tap_b.ifindex, True))  # b comes up right now
+            return await original(deletes, adds)
+
+        k.write_routes = write_routes  # type: ignore[method-assign]
+        task = asyncio.create_task(dp.run())
+        dp.on_endpoints({"a": a}, ())  # a: a pass that writes a's route
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if len(k.routes) == 2:
+                break
+        task.cancel()
+        assert fired
+        assert {str(r.dst) for r in k.routes.values()} == {"10.0.0.1/32", "10.0.0.2/32"}
+
+    asyncio.run(go())
