@@ -40,6 +40,8 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "passes": dp.stats.passes,
         "link_events": daemon.monitor.events,
         "link_overflows": daemon.monitor.overflows,
+        "draining": bool(daemon.bgp and daemon.bgp.draining),
+        "drained": bool(daemon.bgp and daemon.bgp.drained),
         "firewall_error": (dp.firewall.nft_error or dp.firewall.stats.last_error)
         if dp.firewall is not None else "",
         "reconcilers": {
@@ -116,13 +118,28 @@ class ControlServer:
         finally:
             writer.close()
 
+    def _drain(self, command: str, wait: object) -> dict[str, Any]:
+        bgp = self.daemon.bgp
+        if bgp is None:
+            raise ValueError("no BGP peers configured: nothing to drain")
+        if command == "undrain":
+            bgp.undrain()
+            return {"draining": False}
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 3600:
+            raise ValueError("wait must be a number of seconds, 0..3600")
+        bgp.drain(float(wait))
+        return {"draining": True, "withdraw_in_seconds": wait}
+
     def answer(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
             if not isinstance(request, dict):
                 raise ValueError("request must be a JSON object")
-            if request.get("command") != "show":
-                raise ValueError(f"unknown command {request.get('command')!r}")
+            command = request.get("command")
+            if command in ("drain", "undrain"):
+                return {"ok": True, "data": self._drain(command, request.get("wait", 30))}
+            if command != "show":
+                raise ValueError(f"unknown command {command!r}")
             handler = HANDLERS.get(str(request.get("what")))
             if handler is None:
                 raise ValueError(f"show what? one of {', '.join(HANDLERS)}")

@@ -1,7 +1,9 @@
 """``l3hostctl``: the operator's client for the control socket (think ``birdc``).
 
-``l3hostctl [--socket PATH] show status|endpoints|routes [--json]``. Tables by default,
-``--json`` for scripts. Exit codes: 0 ok, 1 daemon unreachable or failed, 2 bad usage.
+``l3hostctl [--socket PATH] show status|peers|endpoints|routes [--json]``,
+``l3hostctl drain [--wait S]`` / ``undrain`` (RFC 8326 GRACEFUL_SHUTDOWN, then withdraw).
+Tables by default, ``--json`` for scripts. Exit codes: 0 ok, 1 daemon unreachable or
+failed, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -55,7 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("show")
     show.add_argument("what", choices=["status", "peers", "endpoints", "routes"])
     show.add_argument("--json", action="store_true")
+    drain = sub.add_parser("drain", help="maintenance: GRACEFUL_SHUTDOWN, then withdraw all")
+    drain.add_argument("--wait", type=float, default=30.0,
+                       help="seconds between GRACEFUL_SHUTDOWN and the withdrawal (30)")
+    sub.add_parser("undrain", help="announce again")
     args = parser.parse_args(argv)
+    if args.command != "show":
+        payload: dict[str, Any] = {"command": args.command}
+        if args.command == "drain":
+            payload["wait"] = args.wait
+        try:
+            reply = request(args.socket, payload)
+        except OSError as exc:
+            print(f"l3hostctl: cannot reach l3hostd at {args.socket}: {exc}", file=sys.stderr)
+            return 1
+        if not reply.get("ok"):
+            print(f"l3hostctl: {reply.get('error')}", file=sys.stderr)
+            return 1
+        print(json.dumps(reply["data"]))
+        return 0
     try:
         reply = request(args.socket, {"command": args.command, "what": args.what})
     except OSError as exc:

@@ -43,6 +43,7 @@ class ExportPolicy:
     communities: tuple[int, ...] = ()
     large_communities: tuple[tuple[int, int, int], ...] = ()
     graceful_shutdown: bool = False  # drain: add GRACEFUL_SHUTDOWN (RFC 8326)
+    withdrawn: bool = False  # drain, second step: announce nothing
 
 
 class AdjRibOut:
@@ -57,7 +58,7 @@ class AdjRibOut:
     def _announcement(self, export: Export) -> Announcement | None:
         family = IPV4_UNICAST if export.prefix.version == 4 else IPV6_UNICAST
         next_hop = self.next_hop.get(family)
-        if family not in self.families or next_hop is None:
+        if family not in self.families or next_hop is None or self.policy.withdrawn:
             return None
         communities = self.policy.communities
         if self.policy.graceful_shutdown:

@@ -119,6 +119,8 @@ class BgpManager:
         self._protection_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self.draining = False
+        self.drained = False
+        self._drain_timer: asyncio.TimerHandle | None = None
         self.max_prefix_events = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -262,14 +264,39 @@ class BgpManager:
             else:
                 peer.wake.set()
 
-    def set_drain(self, draining: bool) -> None:
-        """Maintenance: announce everything with GRACEFUL_SHUTDOWN (RFC 8326), or stop."""
+    def set_drain(self, draining: bool, withdrawn: bool = False) -> None:
+        """Maintenance: announce everything with GRACEFUL_SHUTDOWN (RFC 8326) -- the
+        reflectors' other paths win at once -- and, with ``withdrawn``, nothing at all."""
         self.draining = draining
+        self.drained = withdrawn
         policy = ExportPolicy(self.export_policy.communities,
-                              self.export_policy.large_communities, draining)
+                              self.export_policy.large_communities, draining, withdrawn)
         for peer in self.peers.values():
             peer.adj_out.repolicy(policy, self.exports)
         self._kick_senders()
+
+    def drain(self, wait: float) -> None:
+        """``l3hostctl drain``: GRACEFUL_SHUTDOWN now, withdraw everything after ``wait``
+        seconds (time for the fabric to move traffic to other paths)."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        log.warning("draining: announcing with GRACEFUL_SHUTDOWN, withdrawing in %.0fs", wait)
+        self.set_drain(True)
+        self._drain_timer = asyncio.get_running_loop().call_later(
+            wait, self._drain_withdraw
+        )
+
+    def _drain_withdraw(self) -> None:
+        self._drain_timer = None
+        log.warning("drained: every route withdrawn")
+        self.set_drain(True, withdrawn=True)
+
+    def undrain(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        log.warning("undrained: announcing again")
+        self.set_drain(False)
 
     async def _sender(self, peer: PeerRuntime) -> None:
         """Drain the peer's Adj-RIB-Out in slices; End-of-RIB after the first full table."""

@@ -168,3 +168,26 @@ def test_max_prefix_exceeded_tears_the_session_down_with_cease(lab: Lab) -> None
     assert re.search(r"peer rr: .*more than 2 prefixes", log), log[-2000:]
     info = topo.rr.birdc("show", "protocols", "all", "hv2")
     assert re.search(r"(?i)maximum number of prefixes", info), info
+
+
+def test_drain_puts_graceful_shutdown_on_the_routes_then_withdraws(lab: Lab) -> None:
+    topo = up(lab)
+    vm1 = topo.add_vm(1, "vm1", 11)
+    prefix = f"{vm1.ipv4}/32"
+    wait_until(lambda: prefix in topo.rr.routes("master4"), 10, what="route at the RR")
+    from l3hostd.ctl import main as ctl
+
+    assert ctl(["--socket", str(topo.hv(1).socket), "drain", "--wait", "1.5"]) == 0
+
+    def community_at_rr() -> bool:
+        out = topo.rr.birdc("show", "route", prefix, "all")
+        return "(65535,0)" in out
+
+    wait_until(community_at_rr, 3, what="GRACEFUL_SHUTDOWN (65535,0) on the route at the RR")
+    assert prefix in topo.rr.routes("master4")  # still announced during the wait
+    wait_until(lambda: prefix not in topo.rr.routes("master4"), 5, what="withdrawn after wait")
+    status = topo.hv(1).ctl("show", "status")
+    assert isinstance(status, dict) and status["drained"] is True
+    assert ctl(["--socket", str(topo.hv(1).socket), "undrain"]) == 0
+    wait_until(lambda: prefix in topo.rr.routes("master4"), 5, what="announced again")
+    assert "(65535,0)" not in topo.rr.birdc("show", "route", prefix, "all")
