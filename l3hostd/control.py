@@ -14,8 +14,11 @@ import json
 import logging
 import os
 import time
+from ipaddress import ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from l3hostd.bgp.rib import prefix_key
 
 if TYPE_CHECKING:
     from l3hostd.daemon import Daemon
@@ -67,6 +70,35 @@ def routes(daemon: Daemon) -> list[dict[str, Any]]:
         {"dst": str(r.dst), "ifindex": r.ifindex, "table": r.table, "proto": "l3hostd"}
         for r in installed
     ]
+
+
+def route_detail(daemon: Daemon, text: str) -> dict[str, Any]:
+    """``show routes --prefix P``: every path the peers sent, the selection, and what is
+    in the kernel for it (our local route and/or our learned route)."""
+    try:
+        prefix = ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"not a prefix: {text!r}") from exc
+    out: dict[str, Any] = {"prefix": str(prefix), "local": None, "paths": [],
+                           "selected_next_hops": [], "installed_next_hops": []}
+    for r in daemon.dataplane.routes.observed.values():
+        if r.dst == prefix:
+            out["local"] = {"ifindex": r.ifindex, "table": r.table, "proto": "l3hostd"}
+    bgp = daemon.bgp
+    if bgp is not None:
+        selected, paths = bgp.rib.lookup(prefix)
+        out["paths"] = paths
+        if selected is not None:
+            out["selected_next_hops"] = [str(h) for h in selected.next_hops]
+            out["best_peer"] = selected.best_peer
+        installed = bgp.learned.observed.get(prefix_key(prefix))
+        if installed is not None:
+            out["installed_next_hops"] = [str(h) for h in bgp.rib.ecmp_next_hops(installed)]
+        export = bgp.exports.get(prefix_key(prefix))
+        out["exported"] = (
+            {"source": export.source, "local_pref": export.local_pref} if export else None
+        )
+    return out
 
 
 def peers(daemon: Daemon) -> list[dict[str, Any]]:
@@ -140,6 +172,8 @@ class ControlServer:
                 return {"ok": True, "data": self._drain(command, request.get("wait", 30))}
             if command != "show":
                 raise ValueError(f"unknown command {command!r}")
+            if request.get("what") == "routes" and request.get("prefix"):
+                return {"ok": True, "data": route_detail(self.daemon, str(request["prefix"]))}
             handler = HANDLERS.get(str(request.get("what")))
             if handler is None:
                 raise ValueError(f"show what? one of {', '.join(HANDLERS)}")

@@ -45,6 +45,8 @@ def render(what: str, data: Any) -> str:
     if what == "peers":
         return _table(data, ["name", "address", "asn", "state", "since", "prefixes_received",
                              "prefixes_sent", "flaps", "last_error"])
+    if what == "routes" and isinstance(data, dict):
+        return json.dumps(data, indent=2)
     if what == "routes":
         return _table(data, ["dst", "ifindex", "table", "proto"])
     return json.dumps(data, indent=2)
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("show")
     show.add_argument("what", choices=["status", "peers", "endpoints", "routes"])
     show.add_argument("--json", action="store_true")
+    show.add_argument("--prefix", help="show routes: one prefix, all its paths")
     drain = sub.add_parser("drain", help="maintenance: GRACEFUL_SHUTDOWN, then withdraw all")
     drain.add_argument("--wait", type=float, default=30.0,
                        help="seconds between GRACEFUL_SHUTDOWN and the withdrawal (30)")
@@ -77,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(reply["data"]))
         return 0
     try:
-        reply = request(args.socket, {"command": args.command, "what": args.what})
+        query: dict[str, Any] = {"command": args.command, "what": args.what}
+        if args.prefix:
+            query["prefix"] = args.prefix
+        reply = request(args.socket, query)
     except OSError as exc:
         print(f"l3hostctl: cannot reach l3hostd at {args.socket}: {exc}", file=sys.stderr)
         return 1

@@ -96,6 +96,16 @@ def test_anycast_prefix_gives_ecmp_on_a_third_hypervisor(lab: Lab) -> None:
     wait_until(ecmp, 10, what="ECMP route on hv3")
     out = topo.hv(3).ns.ip("route", "show", "10.10.0.50/32").stdout
     assert topo.hv(1).uplink4 in out and topo.hv(2).uplink4 in out
+    # l3hostctl show routes --prefix: both paths, both selected, both installed
+    from l3hostd.ctl import request
+
+    reply = request(str(topo.hv(3).socket),
+                    {"command": "show", "what": "routes", "prefix": "10.10.0.50/32"})
+    detail = reply["data"]
+    assert len(detail["paths"]) == 2, detail
+    want = sorted([topo.hv(1).uplink4, topo.hv(2).uplink4])
+    assert sorted(detail["selected_next_hops"]) == want
+    assert sorted(detail["installed_next_hops"]) == want
     # each announcer keeps its own local route and still announces it
     local = topo.hv(1).ns.ip("route", "show", "10.10.0.50/32").stdout
     assert f"dev {vm_a.tap} proto l3hostd" in local
