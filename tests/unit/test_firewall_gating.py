@@ -49,6 +49,17 @@ def fake_nft(monkeypatch: pytest.MonkeyPatch) -> FakeNft:
     return fake
 
 
+def record_route_writes(kernel: FakeKernel, fake: FakeNft) -> None:
+    """Log route writes into the fake nft's log, to see the order of the two."""
+    original = kernel.write_routes
+
+    async def write_routes(deletes: Any, adds: Any) -> list[int]:
+        fake.log.append("routes")
+        return await original(deletes, adds)
+
+    kernel.write_routes = write_routes  # type: ignore[method-assign]
+
+
 def ep(groups: tuple[str, ...] = ("none",)) -> Endpoint:
     return Endpoint("e1", "tapa", "fa:16:3e:00:00:01", (ip_address("10.0.0.1"),), (), groups)
 
@@ -69,13 +80,7 @@ def test_chains_go_in_before_the_route_in_one_pass(fake_nft: FakeNft) -> None:
         dp.on_endpoints({"e1": ep()}, ())
         dp.on_links(await k.dump_links())
         dp.set_ready()
-        original = k.write_routes
-
-        async def write_routes(deletes: Any, adds: Any) -> list[int]:
-            fake_nft.log.append("routes")
-            return await original(deletes, adds)
-
-        k.write_routes = write_routes  # type: ignore[method-assign]
+        record_route_writes(k, fake_nft)
         await dp.apply_once()
         assert fake_nft.log == ["nft", "routes"]  # chains first, then the route
         assert len(k.routes) == 1 and fw.ready("e1")
@@ -142,13 +147,7 @@ def test_removal_takes_the_route_before_the_chains(fake_nft: FakeNft) -> None:
         dp.on_links(await k.dump_links())
         dp.set_ready()
         await dp.apply_once()
-        original = k.write_routes
-
-        async def write_routes(deletes: Any, adds: Any) -> list[int]:
-            fake_nft.log.append("routes")
-            return await original(deletes, adds)
-
-        k.write_routes = write_routes  # type: ignore[method-assign]
+        record_route_writes(k, fake_nft)
         fake_nft.log.clear()
         dp.on_endpoints({}, ["e1"])
         await dp.apply_once()
