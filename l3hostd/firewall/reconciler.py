@@ -55,48 +55,82 @@ def _members_digest(members: frozenset[Member]) -> str:
 
 
 class FirewallInputs:
-    """Endpoints (those that may carry traffic), groups and remote members -> desired."""
+    """Endpoints (those that may carry traffic), groups and remote members -> desired.
+
+    Indexed so that one endpoint change costs O(its groups x their sizes), never
+    O(all endpoints): members per group, and how many endpoints' rules reference a group
+    (a group's sets exist while someone references them)."""
 
     def __init__(self, settings: fwc.FirewallSettings) -> None:
         self.settings = settings
         self.endpoints: dict[str, Endpoint] = {}
-        self.active: set[str] = set()  # endpoints whose IPs count as group members
         self.groups: dict[str, SecurityGroup] = {}
         self.remote: dict[str, frozenset[Member]] = {}
         self.rules: dict[str, fwc.EndpointRules] = {}
         self.members: dict[str, frozenset[Member]] = {}
         self.ident: dict[str, str] = {}  # "ep:<chain ident>" -> endpoint id
+        self._in_group: dict[str, set[str]] = {}  # group -> active member endpoint ids
+        self._active: set[str] = set()  # endpoints whose IPs count as group members
+        self._refs: dict[str, int] = {}  # group -> endpoints whose rules reference it
+        self._users: dict[str, set[str]] = {}  # group -> endpoints that name it
 
     def set_endpoint(self, ep: Endpoint | None, endpoint_id: str, active: bool) -> set[str]:
         """Returns the keys whose desired value may have changed."""
-        old = self.endpoints.get(endpoint_id)
         ident = endpoint_key(endpoint_id)
         self.ident[ident] = endpoint_id
-        if ep is None:
-            self.endpoints.pop(endpoint_id, None)
-            self.active.discard(endpoint_id)
-            self.rules.pop(endpoint_id, None)
-        else:
+        touched = self._forget(endpoint_id)
+        if ep is not None:
             self.endpoints[endpoint_id] = ep
+            for g in ep.security_groups:
+                self._users.setdefault(g, set()).add(endpoint_id)
             if active:
-                self.active.add(endpoint_id)
-            else:
-                self.active.discard(endpoint_id)
-            self.rules[endpoint_id] = fwc.compile_endpoint(ep, self.groups, self.settings)
-        groups = set(old.security_groups if old else ()) | set(ep.security_groups if ep else ())
-        return {ident} | self._refresh_members(groups)
+                self._active.add(endpoint_id)
+                for g in ep.security_groups:
+                    self._in_group.setdefault(g, set()).add(endpoint_id)
+            touched |= set(ep.security_groups) | self._compile(endpoint_id)
+        return {ident} | self._refresh_members(touched)
+
+    def _forget(self, endpoint_id: str) -> set[str]:
+        """Take an endpoint out of every index; return the groups it touched."""
+        old = self.endpoints.pop(endpoint_id, None)
+        touched: set[str] = set()
+        if old is not None:
+            touched |= set(old.security_groups)
+            for g in old.security_groups:
+                self._users.get(g, set()).discard(endpoint_id)
+                self._in_group.get(g, set()).discard(endpoint_id)
+        self._active.discard(endpoint_id)
+        rules = self.rules.pop(endpoint_id, None)
+        if rules is not None:
+            touched |= rules.groups
+            for g in rules.groups:
+                self._refs[g] -= 1
+                if not self._refs[g]:
+                    del self._refs[g]
+        return touched
+
+    def _compile(self, endpoint_id: str) -> frozenset[str]:
+        """(Re)compile an endpoint's rules; return the remote groups they reference."""
+        old = self.rules.get(endpoint_id)
+        if old is not None:
+            for g in old.groups:
+                self._refs[g] -= 1
+                if not self._refs[g]:
+                    del self._refs[g]
+        rules = fwc.compile_endpoint(self.endpoints[endpoint_id], self.groups, self.settings)
+        self.rules[endpoint_id] = rules
+        for g in rules.groups:
+            self._refs[g] = self._refs.get(g, 0) + 1
+        return rules.groups | (old.groups if old is not None else frozenset())
 
     def set_groups(self, groups: Mapping[str, SecurityGroup]) -> set[str]:
         changed = {n for n in set(groups) | set(self.groups) if groups.get(n) != self.groups.get(n)}
         self.groups = dict(groups)
         keys: set[str] = set()
-        for eid, ep in self.endpoints.items():
-            rules = self.rules.get(eid)
-            uses = set(ep.security_groups) | (rules.groups if rules else frozenset())
-            if uses & changed:
-                self.rules[eid] = fwc.compile_endpoint(ep, self.groups, self.settings)
-                keys.add(endpoint_key(eid))
-                keys |= self._refresh_members(self.rules[eid].groups)
+        affected = set().union(*(self._users.get(g, set()) for g in changed)) if changed else set()
+        for eid in affected:
+            keys.add(endpoint_key(eid))
+            keys |= self._refresh_members(self._compile(eid))
         return keys
 
     def set_remote(self, remote: Mapping[str, frozenset[Member]]) -> set[str]:
@@ -104,22 +138,16 @@ class FirewallInputs:
         self.remote = dict(remote)
         return self._refresh_members(changed)
 
-    def referenced_groups(self) -> set[str]:
-        out: set[str] = set()
-        for rules in self.rules.values():
-            out |= rules.groups
-        return out
-
     def _refresh_members(self, groups: Iterable[str]) -> set[str]:
         keys = set()
         for group in groups:
-            local = fwc.group_members(
-                (self.endpoints[e] for e in self.active if e in self.endpoints),
-                {group: self.remote.get(group, frozenset())},
-            ).get(group, frozenset())
-            if self.members.get(group) != local:
-                self.members[group] = local
-                keys.add(f"set:{group}")
+            ips: set[Member] = set(self.remote.get(group, frozenset()))
+            for eid in self._in_group.get(group, ()):
+                ips.update(self.endpoints[eid].ips)
+            members = frozenset(ips)
+            if self.members.get(group) != members:
+                self.members[group] = members
+            keys.add(f"set:{group}")  # also when only referenced or unreferenced now
         return keys
 
     def desired(self, key: str) -> str | None:
@@ -131,7 +159,7 @@ class FirewallInputs:
             rules = self.rules.get(eid) if eid is not None else None
             return rules.digest if rules is not None else None
         if kind == "set":
-            if name not in self.referenced_groups():
+            if name not in self._refs:
                 return None
             return _members_digest(self.members.get(name, frozenset()))
         return None

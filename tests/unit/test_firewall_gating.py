@@ -197,3 +197,35 @@ def test_activation_during_a_pass_after_the_release_is_not_forgotten(fake_nft: F
         assert {str(r.dst) for r in k.routes.values()} == {"10.0.0.1/32", "10.0.0.2/32"}
 
     asyncio.run(go())
+
+
+def test_a_group_referenced_later_gets_its_existing_members(fake_nft: FakeNft) -> None:
+    """app's member (e2) is active before anyone references app; when e1 arrives with a
+    rule "from remote_group app", the app set must be filled with e2's address."""
+    web = SecurityGroup(
+        "web",
+        (SecurityGroupRule(Direction.INGRESS, EtherType.IPV4, "tcp", 80, 80,
+                           remote_group="app"),),
+    )
+    app = SecurityGroup("app", ())
+    k = FakeKernel()
+    k.add_link("tap1")
+    k.add_link("tap2")
+    fw = FirewallReconciler(FirewallInputs(FirewallSettings()))
+    dp = Dataplane(k, DataplaneSettings(), firewall=fw)
+    dp.on_groups({"web": web, "app": app}, {})
+    e2 = Endpoint("e2", "tap2", "fa:16:3e:00:00:02", (ip_address("10.0.0.2"),), (), ("app",))
+    e1 = Endpoint("e1", "tap1", "fa:16:3e:00:00:01", (ip_address("10.0.0.1"),), (), ("web",))
+
+    async def go() -> None:
+        dp.on_endpoints({"e2": e2}, ())
+        dp.on_links(await k.dump_links())
+        dp.set_ready()
+        await dp.apply_once()
+        assert not any("10.0.0.2" in s and "g4-app" in s for s in fake_nft.scripts)
+        dp.on_endpoints({"e1": e1}, ())
+        await dp.apply_once()
+        assert any("g4-app" in s and "10.0.0.2" in s for s in fake_nft.scripts), fake_nft.scripts
+        assert fw.ready("e1")
+
+    asyncio.run(go())
