@@ -262,12 +262,15 @@ class Reconciler(abc.ABC, Generic[K, V]):
                 self._changed(key)
             elif key not in failed:
                 failed[key] = err
+        desired = self.desired
         for key, _ in (*deletes, *adds):
             if key in failed:
                 self._fail(key, failed[key], now)
-            else:
+            elif desired.get(key) == self.observed.get(key):
                 dirty.discard(key)
                 retry.pop(key, None)
+            # else: the wish changed while the batch was being written (set_desired ran
+            # during the await): the key stays dirty for the next pass
         if failed:
             self._log_failures(failed, started)
         self._shrink()

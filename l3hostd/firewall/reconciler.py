@@ -235,17 +235,29 @@ class FirewallReconciler(Reconciler[str, str]):
         for key, _ in deletes:
             if key.startswith("ep:"):
                 parts.append(self._delete_endpoint_script(key))
+        # what each script was built from: the inputs may change while nft runs, and the
+        # next delta must start from what the kernel really got
+        built_sets: dict[str, frozenset[Member]] = {}
+        built_rules: dict[str, fwc.EndpointRules] = {}
         for key, _ in adds:
             if key.startswith("set:"):
-                parts.append(self._set_script(key))
+                members = self.inputs.members.get(key[4:], frozenset())
+                built_sets[key] = members
+                parts.append(self._set_script(key, members))
         for key, _ in adds:
             if key.startswith("ep:"):
-                parts.append(self._endpoint_script(key))
+                eid = self.inputs.ident.get(key)
+                rules = self.inputs.rules.get(eid) if eid else None
+                if rules is not None:
+                    built_rules[key] = rules
+                    parts.append(self._endpoint_script(key, rules))
         for key, _ in deletes:
             if key.startswith("set:"):
                 parts.append(self._delete_set_script(key))
         script = "".join(p if p.endswith("\n") else p + "\n" for p in parts if p)
         n = len(deletes) + len(adds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("nft transaction (%d changes):\n%s", n, script[:4000])
         try:
             if self._lib is not None and len(script) < 4_000_000:
                 await self._lib.run(script)
@@ -260,21 +272,11 @@ class FirewallReconciler(Reconciler[str, str]):
         for key, _ in deletes:
             self._installed.pop(key, None)
             self._installed_members.pop(key, None)
-        for key, _ in adds:
-            if key.startswith("ep:"):
-                eid = self.inputs.ident.get(key)
-                rules = self.inputs.rules.get(eid) if eid else None
-                if rules is not None:
-                    self._installed[key] = rules
-            elif key.startswith("set:"):
-                self._installed_members[key] = self.inputs.members.get(key[4:], frozenset())
+        self._installed.update(built_rules)
+        self._installed_members.update(built_sets)
         return [0] * n
 
-    def _endpoint_script(self, key: str) -> str:
-        eid = self.inputs.ident.get(key)
-        rules = self.inputs.rules.get(eid) if eid else None
-        if rules is None:
-            return ""
+    def _endpoint_script(self, key: str, rules: fwc.EndpointRules) -> str:
         old = self._installed.get(key)
         if old is not None and old.interface != rules.interface:
             # its TAP name changed: the old map entries must go (add_script is otherwise
@@ -286,9 +288,8 @@ class FirewallReconciler(Reconciler[str, str]):
                 return self._delete_adopted(key, stale) + rules.add_script
         return rules.add_script
 
-    def _set_script(self, key: str) -> str:
+    def _set_script(self, key: str, members: frozenset[Member]) -> str:
         group = key[4:]
-        members = self.inputs.members.get(group, frozenset())
         old = self._installed_members.get(key)
         if old is not None:
             # small membership changes: element deltas (flat cost), not a set rewrite

@@ -229,3 +229,37 @@ def test_adoption_after_restart_writes_nothing() -> None:
     run(go())
     assert RouteKey(254, ip_network("10.0.0.1/32")) in k.routes
     assert all(r.protocol == RTPROT_L3HOSTD for r in k.routes.values())
+
+
+def test_a_wish_changed_while_its_write_was_in_flight_is_written_next() -> None:
+    """set_desired() during the await of a batch (an event handled meanwhile): the key must
+    stay dirty, not be marked clean with the old value (it once was, until the next
+    resync)."""
+    k = FakeKernel()
+    a = k.add_link("tapa")
+    b = k.add_link("tapb")
+    dp = make(k)
+    route_a = HostRoute(ip_network("10.0.0.9/32"), a.ifindex)
+    route_b = HostRoute(ip_network("10.0.0.9/32"), b.ifindex)
+
+    async def go() -> None:
+        await start(dp, k)
+        original = k.write_routes
+        changed = False
+
+        async def write_routes(deletes: object, adds: object) -> list[int]:
+            nonlocal changed
+            result = await original(deletes, adds)  # type: ignore[arg-type]
+            if not changed:
+                changed = True
+                dp.routes.set_desired(route_b.key, route_b)  # the wish moves meanwhile
+            return result
+
+        k.write_routes = write_routes  # type: ignore[method-assign]
+        dp.routes.set_desired(route_a.key, route_a)
+        await dp.apply_once()
+        assert dp.routes.pending(0.0), "the newer wish must still be pending"
+        await dp.apply_once()
+        assert k.routes[route_b.key].ifindex == b.ifindex
+
+    run(go())
