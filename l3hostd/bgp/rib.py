@@ -27,7 +27,7 @@ so the kernel route do not change); End-of-RIB or the restart timer drops the al
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Generic, TypeVar
@@ -91,6 +91,7 @@ _NH_SHIFT = _ATTR_BITS
 _PID_SHIFT = _NH_SHIFT + _NH_BITS
 _PEER_SHIFT = _PID_SHIFT + _PID_BITS
 MAX_PEERS = 1 << 12
+_SHARED_MAX = 1 << 16
 
 
 def pack_path(peer: int, path_id: int, nh: int, attrs: int) -> int:
@@ -202,10 +203,11 @@ SelectionDelta = dict[int, int | None]
 class AdjRibIn:
     policy: ImportPolicy = field(default_factory=ImportPolicy)
     paths: dict[int, int | tuple[int, ...]] = field(default_factory=dict)
-    selected: dict[int, int] = field(default_factory=dict)  # key -> ECMP set index
     next_hops: Interner[IPAddress] = field(default_factory=Interner)
     attributes: Interner[PathAttributes] = field(default_factory=Interner)
     ecmp_sets: Interner[tuple[int, ...]] = field(default_factory=Interner)
+    _single: dict[int, int] = field(default_factory=dict)  # next hop idx -> its ECMP set
+    _shared: dict[int, int] = field(default_factory=dict)  # packed path -> one int object
     peers: dict[str, PeerState] = field(default_factory=dict)
     _by_index: dict[int, PeerState] = field(default_factory=dict)
     _next_index: int = 0
@@ -243,16 +245,27 @@ class AdjRibIn:
         self.stats.updates += 1
         if update.treat_as_withdraw:
             self.stats.treat_as_withdraw += 1
-        touched: set[int] = set()
+        touched: dict[int, int | None] = {}  # key -> its selection before this UPDATE
+        paths = self.paths
+        select = self._select
         for prefix, pid in update.withdrawn:
             key = prefix_key(prefix)
+            have = paths.get(key)
+            if have is not None and key not in touched:
+                touched[key] = select(have)
             if self._remove(key, (peer.index << _PID_BITS) | pid):
                 peer.count -= 1
-                touched.add(key)
             self.stats.withdrawn += 1
         policy = self.policy
         prefix_checks = policy.accept or policy.reject
         peer_bits = peer.index << _PID_BITS
+        # Paths are shared int objects: the routes a hypervisor originates carry the same
+        # path id, next hop and attributes, so 100k prefixes hold a handful of path
+        # objects instead of 100k 40-byte ints. Bounded, for a peer that numbers every
+        # path differently.
+        shared = self._shared
+        if len(shared) > _SHARED_MAX:
+            shared.clear()
         # The routes of an UPDATE share their next hop and attribute objects (the codec
         # makes them so): resolve (verdict, packed via) once per distinct pair, by identity.
         last_nh: object = None
@@ -274,19 +287,22 @@ class AdjRibIn:
             refused = verdict
             if not refused and (prefix_checks or not prefix.prefixlen):
                 refused = policy.admits_prefix(prefix)
+            have = paths.get(key)
+            if key not in touched:
+                touched[key] = None if have is None else select(have)
             if refused:
                 peer.filtered += 1
                 self.stats.filtered += 1
                 if self._remove(key, ident):  # an implicit withdraw of the earlier path
                     peer.count -= 1
-                    touched.add(key)
                 continue
-            added = self._put(key, ident, (ident << _PID_SHIFT) | via_bits)
-            if added is None:
-                continue  # identical path again
-            if added:
+            path = (ident << _PID_SHIFT) | via_bits
+            path = shared.setdefault(path, path)
+            if have is None:  # the common case of a bulk load: a new prefix
+                paths[key] = path
                 peer.count += 1
-            touched.add(key)
+            elif self._put(key, ident, path):
+                peer.count += 1
         self.stats.announced += announced
         delta = self._reselect(touched)
         if peer.count > peer.max_prefixes:
@@ -333,19 +349,20 @@ class AdjRibIn:
 
     def remove_peer_paths(self, index: int) -> SelectionDelta:
         """Drop every path of a peer (or of a stale alias). O(prefixes)."""
-        touched: set[int] = set()
+        touched: dict[int, int | None] = {}
+        select = self._select
         for key, have in list(self.paths.items()):
             if isinstance(have, int):
                 if have >> _PEER_SHIFT == index:
+                    touched[key] = select(have)
                     del self.paths[key]
-                    touched.add(key)
             elif any(p >> _PEER_SHIFT == index for p in have):
+                touched[key] = select(have)
                 rest = tuple(p for p in have if p >> _PEER_SHIFT != index)
                 if not rest:
                     del self.paths[key]
                 else:
                     self.paths[key] = rest[0] if len(rest) == 1 else rest
-                touched.add(key)
         return self._reselect(touched)
 
     def peer_down(self, peer_name: str) -> SelectionDelta:
@@ -403,30 +420,38 @@ class AdjRibIn:
         return (lp, -len(a.as_path), -a.origin, -(a.med or 0))
 
     def _select(self, have: int | tuple[int, ...]) -> int:
+        """The interned ECMP next-hop set of a prefix's stored paths."""
         if isinstance(have, int):
-            return self.ecmp_sets.add((have >> _NH_SHIFT & _NH_MASK,))
+            nh = have >> _NH_SHIFT & _NH_MASK
+            found = self._single.get(nh)
+            if found is None:
+                found = self._single[nh] = self.ecmp_sets.add((nh,))
+            return found
         ranks = [self._rank(p) for p in have]
         top = max(ranks)
         hops = sorted({p >> _NH_SHIFT & _NH_MASK for p, r in zip(have, ranks, strict=True)
                        if r == top})
         return self.ecmp_sets.add(tuple(hops))
 
-    def _reselect(self, keys: Iterable[int]) -> SelectionDelta:
+    def _reselect(self, before: dict[int, int | None]) -> SelectionDelta:
+        """The keys whose selection differs from ``before`` (key -> old selection)."""
         delta: SelectionDelta = {}
-        selected = self.selected
-        for key in keys:
-            have = self.paths.get(key)
-            new = None if have is None else self._select(have)
-            if selected.get(key) != new:
-                if new is None:
-                    del selected[key]
-                else:
-                    selected[key] = new
+        paths = self.paths
+        select = self._select
+        for key, old in before.items():
+            have = paths.get(key)
+            new = None if have is None else select(have)
+            if new != old:
                 delta[key] = new
         return delta
 
-    def reselect_all(self) -> SelectionDelta:
-        return self._reselect(set(self.paths) | set(self.selected))
+    def selection(self, key: int) -> int | None:
+        """The interned ECMP next-hop set selected for a prefix key (None: no path).
+
+        Computed from the stored paths (not kept beside them: at 100k prefixes a second
+        dict would cost ~5 MiB); for the common one-path prefix it is one dict lookup."""
+        have = self.paths.get(key)
+        return None if have is None else self._select(have)
 
     # ---- views ---------------------------------------------------------------------------
 
@@ -454,12 +479,69 @@ class AdjRibIn:
             })
         ranks = [self._rank(p) for p in paths]
         best = max(range(len(paths)), key=lambda i: (ranks[i], -path_peer(paths[i])))
-        sel = Selected(self.ecmp_next_hops(self.selected[key]), ranks[best][0],
+        sel = Selected(self.ecmp_next_hops(self._select(have)), ranks[best][0],
                        self.peer_name(path_peer(paths[best])), len(paths))
         return sel, rows
 
     def iter_selected(self) -> Iterator[tuple[int, int]]:
-        return iter(self.selected.items())
+        """(prefix key, ECMP set) of every prefix with a path."""
+        select = self._select
+        for key, have in self.paths.items():
+            yield key, select(have)
+
+    @property
+    def selected(self) -> dict[int, int]:
+        """A snapshot of every selection (O(prefixes): for tests and tools)."""
+        return dict(self.iter_selected())
 
     def prefix_count(self) -> int:
         return len(self.paths)
+
+
+# ---- import policy change (reload) ---------------------------------------------------------
+
+
+def refilter(rib: AdjRibIn, policy: ImportPolicy) -> SelectionDelta:
+    """Put ``policy`` in force and drop the stored paths it refuses (a reload narrowed the
+    import filter); return the prefixes whose selection changed.
+
+    Only accepted paths are stored, so this can only take paths away: paths the new policy
+    admits but the old one refused must be asked for again (ROUTE-REFRESH, RFC 2918; see
+    :func:`l3hostd.reload.policy_widens`). One pass over the RIB; the prefix checks run
+    only if the prefix part of the policy changed, the path checks (once per distinct next
+    hop and attribute set) only if the path part did."""
+    old, rib.policy = rib.policy, policy
+    check_prefix = (old.accept, old.reject, old.allow_default) != (
+        policy.accept, policy.reject, policy.allow_default)
+    check_path = (old.router_id, old.own_addresses) != (policy.router_id, policy.own_addresses)
+    if not check_prefix and not check_path:
+        return {}
+    via_mask = (1 << _PID_SHIFT) - 1
+    path_verdicts: dict[int, str] = {}
+    before: dict[int, int | None] = {}
+    for key, have in list(rib.paths.items()):
+        if check_prefix and policy.admits_prefix(key_prefix(key)):
+            refused: tuple[int, ...] = (have,) if isinstance(have, int) else have
+        elif check_path:
+            refused = ()
+            for p in (have,) if isinstance(have, int) else have:
+                via = p & via_mask
+                verdict = path_verdicts.get(via)
+                if verdict is None:
+                    verdict = path_verdicts[via] = policy.admits_path(
+                        rib.next_hops[path_nh(p)], rib.attributes[path_attrs(p)])
+                if verdict:
+                    refused += (p,)
+        else:
+            continue
+        if not refused:
+            continue
+        before[key] = rib.selection(key)
+        for p in refused:
+            rib._remove(key, path_ident(p))
+            state = rib._by_index.get(path_peer(p))
+            if state is not None and rib.peers.get(state.name) is state:  # not a stale alias
+                state.count -= 1
+                state.filtered += 1
+                rib.stats.filtered += 1
+    return rib._reselect(before)

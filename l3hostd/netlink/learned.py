@@ -1,8 +1,10 @@
 """Learned-route reconciler: what the BGP RIB selected, installed with ``proto l3hostd-bgp``.
 
 Keys and values are the RIB's compact ints (:mod:`l3hostd.bgp.rib`): the prefix key and
-the index of the interned ECMP next-hop set, so 100k learned routes cost two small dict
-entries here, not objects. A prefix with several next hops is one multipath route.
+the index of the interned ECMP next-hop set. The desired state is not a copy: it is a
+view of the RIB's selection (:class:`SelectionView`, resolved as below), so 100k learned
+routes cost one small dict entry here (observed), not objects. A prefix with several next
+hops is one multipath route.
 
 Ownership: ``rtm_protocol`` :data:`~l3hostd.model.RTPROT_L3HOSTD_BGP` in the import table,
 at metric :data:`LEARNED_METRIC` (2048). The metric keeps learned routes out of the way of
@@ -27,7 +29,7 @@ manager releases the protection once the peers sent End-of-RIB (or a capped wait
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 
 from l3hostd.bgp.rib import AdjRibIn, prefix_key
 from l3hostd.model import RT_TABLE_MAIN, RTPROT_L3HOSTD_BGP
@@ -35,6 +37,46 @@ from l3hostd.netlink.kernel import Kernel
 from l3hostd.reconcile import Reconciler
 
 LEARNED_METRIC = 2048
+
+
+class SelectionView(MutableMapping[int, int]):
+    """The learned reconciler's desired state: the RIB's selection, resolved to kernel
+    gateways, computed on access. Read-only: the RIB is the one place it changes."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: LearnedRouteReconciler) -> None:
+        self._owner = owner
+
+    def __getitem__(self, key: int) -> int:
+        value = self._owner.desired_value(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: int, default: int | None = None) -> int | None:  # type: ignore[override]
+        value = self._owner.desired_value(key)
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and self._owner.desired_value(key) is not None
+
+    def __iter__(self) -> Iterator[int]:
+        resolved = self._owner._resolved_set
+        for key, bgp_set in self._owner._rib.iter_selected():
+            if resolved(bgp_set) is not None:
+                yield key
+
+    def __len__(self) -> int:
+        if not self._owner.unresolved:
+            return self._owner._rib.prefix_count()
+        return sum(1 for _ in self)
+
+    def __setitem__(self, key: int, value: int) -> None:
+        raise TypeError("learned routes follow the RIB: use LearnedRouteReconciler.select")
+
+    def __delitem__(self, key: int) -> None:
+        raise TypeError("learned routes follow the RIB: use LearnedRouteReconciler.select")
 
 
 class LearnedRouteReconciler(Reconciler[int, int]):
@@ -58,12 +100,35 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         self._gateway: dict[int, int | None] = {}  # BGP next hop idx -> kernel gateway idx
         self._set_cache: dict[int, int | None] = {}  # BGP ECMP set idx -> gateway set idx
         self.unresolved: set[int] = set()  # BGP next hops (idx) without a usable path
+        self.desired = SelectionView(self)
 
     # ---- input from the RIB ----------------------------------------------------------------
 
+    def desired_value(self, key: int) -> int | None:
+        bgp_set = self._rib.selection(key)
+        return None if bgp_set is None else self._resolved_set(bgp_set)
+
     def select(self, key: int, bgp_set: int | None) -> None:
-        """The RIB selected this ECMP set (None: nothing) for the prefix ``key``."""
-        self.set_desired(key, None if bgp_set is None else self._resolved_set(bgp_set))
+        """The RIB selected this ECMP set (None: nothing) for the prefix ``key``: mark the
+        key dirty when that differs from what is installed (the RIB holds the wish)."""
+        want = None if bgp_set is None else self._resolved_set(bgp_set)
+        have = self.observed.get(key)
+        self._retry.pop(key, None)
+        if want is None:
+            self._dirty_add.discard(key)
+            if have is None:
+                self._dirty_rm.discard(key)
+            else:
+                self._dirty_rm.add(key)
+        elif want != have:
+            self._dirty_rm.discard(key)
+            self._dirty_add.add(key)
+        else:
+            self._dirty_add.discard(key)
+            self._dirty_rm.discard(key)
+
+    def set_desired(self, key: int, value: int | None) -> None:
+        raise TypeError("learned routes follow the RIB: use LearnedRouteReconciler.select")
 
     def _resolved_set(self, bgp_set: int) -> int | None:
         if bgp_set in self._set_cache:
@@ -105,7 +170,7 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         for s in stale:
             del self._set_cache[s]
         n = 0
-        for key, bgp_set in self._rib.selected.items():
+        for key, bgp_set in list(self._rib.iter_selected()):
             if bgp_set in stale:
                 self.select(key, bgp_set)
                 n += 1
