@@ -111,6 +111,9 @@ class PeerSpeaker:
         self.local_address: IPAddress | None = None
         self.last_error = ""
         self._logged_error = ""
+        self._held = False  # reading paused by flow control
+        self._unread = b""  # received, not yet handed to the session (from _unread_at)
+        self._unread_at = 0
 
     # ---- control -------------------------------------------------------------------------
 
@@ -238,16 +241,54 @@ class PeerSpeaker:
             self._loop.call_later(2.0, transport.abort)
 
     def _on_data(self, proto: _Protocol, data: bytes) -> None:
+        if proto is not self._protocol:
+            return
+        if self._unread:
+            self._unread = self._unread[self._unread_at :] + data
+        else:
+            self._unread = data
+        self._unread_at = 0
+        self._feed()
+
+    def _feed(self) -> None:
         # Fed in slices, each handed on before the next is decoded: one read can hold
         # 256 KiB, ~64 full UPDATEs or ~50k routes, and decoding all of them before the
         # RIB sees the first kept every decoded route alive at once (~10 MiB at the peak
-        # of a bulk load, and fragmented memory after it).
+        # of a bulk load, and fragmented memory after it). While held (:meth:`hold`), the
+        # rest waits.
+        proto = self._protocol
+        data = self._unread
         now = self._loop.time()
-        for start in range(0, len(data), FEED_SLICE):
+        while self._unread_at < len(data) and not self._held:
+            start = self._unread_at
+            self._unread_at = start + FEED_SLICE
             self.session.receive_data(data[start : start + FEED_SLICE], now)
             self._pump()
-            if proto is not self._protocol:
+            if proto is not self._protocol or self._unread is not data:
                 return
+        if self._unread_at >= len(data):
+            self._unread = b""
+            self._unread_at = 0
+
+    def hold(self) -> None:
+        """Stop reading from the peer (flow control: the kernel is behind)."""
+        if self._held:
+            return
+        self._held = True
+        proto = self._protocol
+        if proto is not None and proto.transport is not None:
+            proto.transport.pause_reading()
+
+    def release(self) -> None:
+        """Read again, starting with what was received but not yet decoded."""
+        if not self._held:
+            return
+        self._held = False
+        proto = self._protocol
+        if proto is not None and proto.transport is not None:
+            proto.transport.resume_reading()
+        if self._unread:
+            self._loop.call_soon(self._feed)
 
     def _on_lost(self, proto: _Protocol, exc: Exception | None) -> None:
         if proto is not self._protocol:
