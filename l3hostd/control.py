@@ -39,6 +39,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "host_routes_installed": len(dp.routes.observed),
         "learned_routes_installed": len(daemon.bgp.learned.observed) if daemon.bgp else 0,
         "exported_prefixes": len(daemon.bgp.exports) if daemon.bgp else 0,
+        "bgp_input_holds": daemon.bgp.backpressure.holds if daemon.bgp else 0,
         "neighbours_installed": len(dp.neighbours.observed),
         "passes": dp.stats.passes,
         "link_events": daemon.monitor.events,

@@ -154,6 +154,20 @@ class Daemon:
         )
         self.notifier.ready(status)
 
+    async def _any_learned_route(self, table: int) -> bool:
+        found = 0
+
+        def count(_key: int, _gateways: object) -> None:
+            nonlocal found
+            found += 1
+
+        def restart() -> None:
+            nonlocal found
+            found = 0
+
+        await self.driver.fold_learned(RTPROT_L3HOSTD_BGP, table, count, restart)
+        return found > 0
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -174,7 +188,7 @@ class Daemon:
             # routes of ours in the kernel: we restart (RFC 4724 R bit; adopt, don't sweep)
             self.bgp.restarting = bool(
                 await self.driver.dump_routes(RTPROT_L3HOSTD)
-                or await self.driver.dump_learned(RTPROT_L3HOSTD_BGP, self.bgp.learned.table)
+                or await self._any_learned_route(self.bgp.learned.table)
             )
             self.bgp.start()
         server = control.ControlServer(self.config.control.socket, self)

@@ -100,6 +100,8 @@ class Dataplane:
         self.synced = asyncio.Event()  # set after the first complete pass
         self.stats = PassStats()
         self.route_listeners: list[RouteListener] = []
+        #: called after every pass (the BGP manager times UPDATE-to-installed with it)
+        self.pass_listeners: list[Callable[[], None]] = []
 
     # ---- inputs (cheap, no IO) --------------------------------------------------------------
 
@@ -280,6 +282,8 @@ class Dataplane:
         self.stats.last_pass_seconds = elapsed
         self.stats.total_pass_seconds += elapsed
         self._notify_routes()
+        for listener in self.pass_listeners:
+            listener()
         if not self.synced.is_set() and all(r.in_sync for r in self.reconcilers):
             self.synced.set()
             log.info(

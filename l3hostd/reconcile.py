@@ -26,7 +26,7 @@ import abc
 import enum
 import errno
 import logging
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -73,8 +73,8 @@ class Reconciler(abc.ABC, Generic[K, V]):
     max_batch = 8192
 
     def __init__(self) -> None:
-        self.desired: dict[K, V] = {}
-        self.observed: dict[K, V] = {}
+        self.desired: MutableMapping[K, V] = {}
+        self.observed: MutableMapping[K, V] = {}
         # Dirty keys, split by what they may need, so that a phase scans only its own:
         self._dirty_add: set[K] = set()  # desired: may need an add or a change
         self._dirty_rm: set[K] = set()  # not desired: may need a delete

@@ -40,6 +40,7 @@ from ipaddress import IPv4Address, ip_network
 from l3hostd.bgp import fsm
 from l3hostd.bgp.adj_rib_out import AdjRibOut, Export, ExportPolicy
 from l3hostd.bgp.codec import Codec
+from l3hostd.bgp.flow import Backpressure
 from l3hostd.bgp.messages import (
     CEASE_ADMIN_SHUTDOWN,
     CEASE_MAX_PREFIXES,
@@ -104,6 +105,11 @@ class BgpManager:
         gr = bgp.graceful_restart
         self.learned.protect_unwanted = gr.enabled  # adopt until the peers' End-of-RIB
         dataplane.add_reconciler(self.learned)
+        self.backpressure = Backpressure(
+            lambda: self.learned.dirty_count,
+            lambda: [peer.speaker for peer in self.peers.values()],  # type: ignore[misc]
+        )
+        dataplane.pass_listeners.append(self.backpressure.after_pass)
         dataplane.route_listeners.append(self._on_local_routes)
         dataplane.link_down_listeners.append(self._on_link_down)
         self.export_policy = ExportPolicy(
@@ -381,6 +387,7 @@ class BgpManager:
             peer.speaker.start()  # type: ignore[attr-defined]  # reconnect after idle hold
             return
         self._apply(delta)
+        self.backpressure.after_input()
 
     def _end_of_rib(self, peer: PeerRuntime, family: Family) -> None:
         peer.eor_received.add(family)
@@ -425,8 +432,8 @@ class BgpManager:
         if not delta:
             return
         select = self.learned.select
-        for key, selection in delta.items():
-            select(key, selection)
+        for key, (old, new) in delta.items():
+            select(key, old, new)
         self.dataplane.wake()
 
     def _maybe_release_protection(self) -> None:

@@ -195,8 +195,10 @@ class Selected:
     paths: int
 
 
-#: Per changed prefix key: the interned ECMP next-hop set index, or None (no route).
-SelectionDelta = dict[int, int | None]
+#: Per prefix key whose selection changed: (old, new) interned ECMP next-hop set indexes,
+#: None for no route. The old one is what the kernel has, for the learned-route reconciler
+#: that keeps only differences (:mod:`l3hostd.netlink.learned`).
+SelectionDelta = dict[int, tuple[int | None, int | None]]
 
 
 @dataclass(slots=True)
@@ -442,7 +444,7 @@ class AdjRibIn:
             have = paths.get(key)
             new = None if have is None else select(have)
             if new != old:
-                delta[key] = new
+                delta[key] = (old, new)
         return delta
 
     def selection(self, key: int) -> int | None:

@@ -397,12 +397,14 @@ class _DumpOp(_Op, Generic[T]):
         seq: int,
         msg_type: int,
         parse: Callable[[bytearray, int, int], T],
+        sink: Callable[[T], None] | None = None,
     ) -> None:
         super().__init__(loop, timeout)
         self.seq = seq
         self.msg_type = msg_type
         self.parse = parse
         self.records: list[T] = []
+        self.sink = sink
         self.interrupted = False
         self.error: tuple[int, str | None] | None = None
 
@@ -421,7 +423,7 @@ class _DumpOp(_Op, Generic[T]):
             self.seq,
             self.msg_type,
             self.parse,
-            self.records.append,
+            self.records.append if self.sink is None else self.sink,
         )
         for mtype, mflags, seq, po, pe in wire.iter_headers(buf, 0, n):
             if seq != want_seq or self.future.done():
@@ -579,6 +581,36 @@ class RtnlBatchSocket:
                 return []
             raise
 
+    async def fold_routes(
+        self,
+        family: int,
+        protocol: int,
+        table: int,
+        sink: Callable[[wire.RouteBrief], None],
+        restart: Callable[[], None],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Like :meth:`dump_routes`, but each route goes to ``sink`` as it is parsed
+        (:func:`wire.parse_route_brief`) and nothing is accumulated: reading 100k routes
+        costs no memory. ``restart()`` runs before every attempt (a dump interrupted by
+        concurrent changes is read again from the start)."""
+        try:
+            await self._dump(
+                lambda seq: wire.route_dump_request(
+                    family, protocol=protocol, table=table, seq=seq
+                ),
+                wire.RTM_NEWROUTE,
+                wire.parse_route_brief,
+                timeout,
+                sink,
+                restart,
+            )
+        except NetlinkError as exc:
+            if table and exc.errno == errno_mod.ENOENT:  # "FIB table does not exist"
+                return
+            raise
+
     async def dump_neighbours(
         self, family: int, ifindex: int | None = None, *, timeout: float | None = None
     ) -> list[wire.NeighRecord]:
@@ -621,14 +653,19 @@ class RtnlBatchSocket:
         msg_type: int,
         parse: Callable[[bytearray, int, int], T],
         timeout: float | None,
+        sink: Callable[[T], None] | None = None,
+        restart: Callable[[], None] | None = None,
     ) -> list[T]:
         async with self._get_lock():
             loop = asyncio.get_running_loop()
             sock = self._socket()
             for _attempt in range(_DUMP_RETRIES):
+                if restart is not None:
+                    restart()
                 seq = self._take_seqs(1)
                 op: _DumpOp[T] = _DumpOp(
-                    loop, self.timeout if timeout is None else timeout, seq, msg_type, parse
+                    loop, self.timeout if timeout is None else timeout, seq, msg_type, parse,
+                    sink,
                 )
                 msg = request(seq)
 

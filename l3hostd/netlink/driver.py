@@ -24,25 +24,26 @@ import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from l3hostd.model import (
     IPV6_GATEWAY,
     HostRoute,
     IPAddress,
-    IPNetwork,
     Link,
     Neighbour,
     TapConfig,
 )
 from l3hostd.netlink import resolve, sysctl, wire
-from l3hostd.netlink.batch import RtnlBatchSocket
+from l3hostd.netlink.batch import NetlinkError, RtnlBatchSocket
 
 log = logging.getLogger("l3hostd.netlink")
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
+#: Reads of the learned routes started over (concurrent changes) before giving up.
+_FOLD_ATTEMPTS = 5
 #: Exclusive create: never replace a route someone else installed for the same prefix.
 ROUTE_ADD_FLAGS = wire.NLM_F_CREATE | wire.NLM_F_EXCL
 
@@ -198,18 +199,31 @@ class NetlinkDriver:
     def resolve_next_hop(self, next_hop: IPAddress) -> IPAddress | None:
         return resolve.resolve(next_hop)
 
-    async def dump_learned(
-        self, protocol: int, table: int
-    ) -> list[tuple[IPNetwork, tuple[IPAddress, ...]]]:
-        out: list[tuple[IPNetwork, tuple[IPAddress, ...]]] = []
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for rec in await self.batch.dump_routes(family, protocol, table):
-                if rec.multipath:
-                    hops = tuple(h.gateway for h in rec.multipath if h.gateway is not None)
-                else:
-                    hops = (rec.gateway,) if rec.gateway is not None else ()
-                out.append((rec.dst, hops))
-        return out
+    async def fold_learned(
+        self,
+        protocol: int,
+        table: int,
+        sink: Callable[[int, tuple[IPAddress, ...]], None],
+        restart: Callable[[], None],
+    ) -> None:
+        def one(brief: wire.RouteBrief) -> None:
+            family, dst, plen, gateways = brief
+            sink((dst << 9) | (plen << 1) | (family == socket.AF_INET6), gateways)
+
+        for _attempt in range(_FOLD_ATTEMPTS):
+            restart()
+            starts = 0
+
+            def started() -> None:
+                nonlocal starts
+                starts += 1
+
+            for family in (socket.AF_INET, socket.AF_INET6):
+                await self.batch.fold_routes(family, protocol, table, one, started)
+            if starts == 2:  # neither family's dump had to start over: one clean read
+                return
+        raise NetlinkError(errno.EAGAIN, "learned routes: dump interrupted too often",
+                           what="netlink dump")
 
     async def write_learned(
         self,

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 from l3hostd.model import (
@@ -163,11 +163,19 @@ class FakeKernel:
     def resolve_next_hop(self, next_hop: IPAddress) -> IPAddress | None:
         return self.gateways.get(next_hop, next_hop)
 
-    async def dump_learned(
-        self, protocol: int, table: int
-    ) -> list[tuple[IPNetwork, tuple[IPAddress, ...]]]:
-        return [(dst, hops) for (t, dst), (_m, p, hops) in self.learned.items()
-                if p == protocol and t == table]
+    async def fold_learned(
+        self,
+        protocol: int,
+        table: int,
+        sink: Callable[[int, tuple[IPAddress, ...]], None],
+        restart: Callable[[], None],
+    ) -> None:
+        from l3hostd.bgp.rib import prefix_key
+
+        restart()
+        for (t, dst), (_m, p, hops) in list(self.learned.items()):
+            if p == protocol and t == table:
+                sink(prefix_key(dst), hops)
 
     async def write_learned(
         self,

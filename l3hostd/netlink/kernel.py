@@ -10,10 +10,10 @@ addresses without any event, an exclusive add fails on any route with the same k
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
-from l3hostd.model import HostRoute, IPAddress, IPNetwork, Link, Neighbour, TapConfig
+from l3hostd.model import HostRoute, IPAddress, Link, Neighbour, TapConfig
 
 
 class Kernel(Protocol):
@@ -48,10 +48,17 @@ class Kernel(Protocol):
         """The gateway the FIB uses to reach ``next_hop`` (itself when on-link)."""
         ...
 
-    async def dump_learned(
-        self, protocol: int, table: int
-    ) -> list[tuple[IPNetwork, tuple[IPAddress, ...]]]:
-        """Routes of ``protocol`` in ``table`` with their gateway(s)."""
+    async def fold_learned(
+        self,
+        protocol: int,
+        table: int,
+        sink: Callable[[int, tuple[IPAddress, ...]], None],
+        restart: Callable[[], None],
+    ) -> None:
+        """Each route of ``protocol`` in ``table`` to ``sink(prefix key, gateways)`` as it
+        is read, nothing accumulated (keys as :func:`l3hostd.bgp.rib.prefix_key`);
+        ``restart()`` runs before the first route and again whenever the read starts over
+        (a dump interrupted by concurrent changes)."""
         ...
 
     async def write_learned(

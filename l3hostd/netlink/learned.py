@@ -1,10 +1,23 @@
 """Learned-route reconciler: what the BGP RIB selected, installed with ``proto l3hostd-bgp``.
 
 Keys and values are the RIB's compact ints (:mod:`l3hostd.bgp.rib`): the prefix key and
-the index of the interned ECMP next-hop set. The desired state is not a copy: it is a
-view of the RIB's selection (:class:`SelectionView`, resolved as below), so 100k learned
-routes cost one small dict entry here (observed), not objects. A prefix with several next
-hops is one multipath route.
+the index of the interned ECMP next-hop set. A prefix with several next hops is one
+multipath route. Neither state is a copy of 100k routes:
+
+* desired is a view of the RIB's selection (:class:`SelectionView`, resolved as below);
+* observed (what is installed) is kept as its *difference* from desired
+  (:class:`InstalledView`): a key absent from ``drift`` is installed exactly as desired,
+  so once the kernel has caught up, observed costs nothing. The RIB reports each change
+  of selection with the old one (:data:`~l3hostd.bgp.rib.SelectionDelta`), which is what
+  was installed: :meth:`LearnedRouteReconciler.select` pins it in ``drift`` before the
+  wish moves on, and the key is dirty until the kernel matches again.
+* a resync reads the kernel as a stream (:meth:`Kernel.fold_learned`): each route is
+  compared with desired as it is parsed; only differences are kept. A second pass, only
+  when some desired routes were not seen, collects the keys present to find them.
+
+Measured with 100k learned routes: the periodic resync built a list of 100k parsed routes
+and a second observed dict; the daemon's peak RSS went from 74 to 155 MiB at its first
+resync, and stayed there.
 
 Ownership: ``rtm_protocol`` :data:`~l3hostd.model.RTPROT_L3HOSTD_BGP` in the import table,
 at metric :data:`LEARNED_METRIC` (2048). The metric keeps learned routes out of the way of
@@ -30,8 +43,9 @@ manager releases the protection once the peers sent End-of-RIB (or a capped wait
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping, Sequence
+from ipaddress import IPv4Address, IPv6Address
 
-from l3hostd.bgp.rib import AdjRibIn, prefix_key
+from l3hostd.bgp.rib import AdjRibIn
 from l3hostd.model import RT_TABLE_MAIN, RTPROT_L3HOSTD_BGP
 from l3hostd.netlink.kernel import Kernel
 from l3hostd.reconcile import Reconciler
@@ -79,6 +93,96 @@ class SelectionView(MutableMapping[int, int]):
         raise TypeError("learned routes follow the RIB: use LearnedRouteReconciler.select")
 
 
+#: In ``drift``: the key is desired but not installed.
+ABSENT = -1
+
+
+class InstalledView(MutableMapping[int, int]):
+    """What is installed (the reconciler's observed state), stored as its difference from
+    desired: ``drift[key]`` is the installed value (or :data:`ABSENT`) where it differs;
+    any other key is installed exactly as desired. Writes keep the difference minimal."""
+
+    __slots__ = ("_owner", "drift")
+
+    def __init__(self, owner: LearnedRouteReconciler) -> None:
+        self._owner = owner
+        self.drift: dict[int, int] = {}
+
+    def get(self, key: int, default: int | None = None) -> int | None:  # type: ignore[override]
+        d = self.drift.get(key)
+        if d is None:  # installed as desired
+            d = self._owner.desired_value(key)
+            return default if d is None else d
+        return default if d == ABSENT else d
+
+    def __getitem__(self, key: int) -> int:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and self.get(key) is not None
+
+    def __setitem__(self, key: int, value: int) -> None:
+        if value == self._owner.desired_value(key):
+            self.drift.pop(key, None)
+        else:
+            self.drift[key] = value
+
+    def __delitem__(self, key: int) -> None:
+        if self.get(key) is None:
+            raise KeyError(key)
+        self._gone(key)
+
+    def pop(self, key: int, default: int | None = None) -> int | None:  # type: ignore[override]
+        value = self.get(key)
+        if value is None:
+            return default
+        self._gone(key)
+        return value
+
+    def _gone(self, key: int) -> None:
+        if self._owner.desired_value(key) is None:
+            self.drift.pop(key, None)
+        else:
+            self.drift[key] = ABSENT
+
+    def __iter__(self) -> Iterator[int]:
+        drift = self.drift
+        for key in self._owner.desired:
+            if key not in drift:
+                yield key
+        for key, value in drift.items():
+            if value != ABSENT:
+                yield key
+
+    def __len__(self) -> int:
+        n = len(self._owner.desired)
+        desired = self._owner.desired_value
+        for key, value in self.drift.items():
+            n += (value != ABSENT) - (desired(key) is not None)
+        return n
+
+    def by_family(self) -> tuple[int, int]:
+        """(IPv4, IPv6) routes installed, without computing a selection per route."""
+        owner = self._owner
+        if owner.unresolved:
+            v6 = sum(key & 1 for key in self)
+            return len(self) - v6, v6
+        paths = owner._rib.paths
+        v6 = sum(key & 1 for key in paths)
+        v4 = len(paths) - v6
+        desired = owner.desired_value
+        for key, value in self.drift.items():
+            delta = (value != ABSENT) - (desired(key) is not None)
+            if key & 1:
+                v6 += delta
+            else:
+                v4 += delta
+        return v4, v6
+
+
 class LearnedRouteReconciler(Reconciler[int, int]):
     name = "learned-routes"
 
@@ -101,6 +205,8 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         self._set_cache: dict[int, int | None] = {}  # BGP ECMP set idx -> gateway set idx
         self.unresolved: set[int] = set()  # BGP next hops (idx) without a usable path
         self.desired = SelectionView(self)
+        self.installed = InstalledView(self)
+        self.observed = self.installed
 
     # ---- input from the RIB ----------------------------------------------------------------
 
@@ -108,27 +214,46 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         bgp_set = self._rib.selection(key)
         return None if bgp_set is None else self._resolved_set(bgp_set)
 
-    def select(self, key: int, bgp_set: int | None) -> None:
-        """The RIB selected this ECMP set (None: nothing) for the prefix ``key``: mark the
-        key dirty when that differs from what is installed (the RIB holds the wish)."""
-        want = None if bgp_set is None else self._resolved_set(bgp_set)
-        have = self.observed.get(key)
+    def select(self, key: int, old: int | None, new: int | None) -> None:
+        """The RIB's selection for the prefix ``key`` went from ``old`` to ``new`` (ECMP
+        set indexes, None: nothing). What was installed is pinned (it was ``old``, unless
+        the kernel already differed), and the key is dirty until the kernel matches."""
         self._retry.pop(key, None)
-        if want is None:
+        drift = self.installed.drift
+        if key not in drift:
+            was = None if old is None else self._resolved_set(old)
+            if was == (None if new is None else self._resolved_set(new)):
+                return
+            drift[key] = ABSENT if was is None else was
+        self._settle(key)
+
+    def _settle(self, key: int) -> None:
+        """``key`` is in drift: forget the difference if there is none, else mark the key
+        dirty for the write it needs."""
+        drift = self.installed.drift
+        d = drift[key]
+        have = None if d == ABSENT else d
+        want = self.desired_value(key)
+        if have == want:
+            del drift[key]
             self._dirty_add.discard(key)
-            if have is None:
-                self._dirty_rm.discard(key)
-            else:
-                self._dirty_rm.add(key)
-        elif want != have:
+            self._dirty_rm.discard(key)
+        elif want is None:
+            self._dirty_add.discard(key)
+            self._dirty_rm.add(key)
+        else:
             self._dirty_rm.discard(key)
             self._dirty_add.add(key)
-        else:
-            self._dirty_add.discard(key)
-            self._dirty_rm.discard(key)
 
     def set_desired(self, key: int, value: int | None) -> None:
         raise TypeError("learned routes follow the RIB: use LearnedRouteReconciler.select")
+
+    def release_protection(self) -> None:
+        if self.protect_unwanted:
+            self.protect_unwanted = False
+            desired = self.desired_value
+            self._dirty_rm.update(k for k, v in self.installed.drift.items()
+                                  if v != ABSENT and desired(k) is None)
 
     def _resolved_set(self, bgp_set: int) -> int | None:
         if bgp_set in self._set_cache:
@@ -152,36 +277,96 @@ class LearnedRouteReconciler(Reconciler[int, int]):
     def re_resolve(self) -> int:
         """Resolve every known BGP next hop again; re-plan the prefixes whose gateways
         changed. Returns how many prefixes were re-planned."""
-        changed = set()
-        for nh, old in list(self._gateway.items()):
+        changed: dict[int, int | None] = {}
+        for nh, old in self._gateway.items():
             gw = self._kernel.resolve_next_hop(self._rib.next_hops[nh])
             new = None if gw is None else self._rib.next_hops.add(gw)
             if new != old:
-                self._gateway[nh] = new
-                changed.add(nh)
-                if new is None:
-                    self.unresolved.add(nh)
-                else:
-                    self.unresolved.discard(nh)
+                changed[nh] = new
         if not changed:
             return 0
         sets = self._rib.ecmp_sets
-        stale = {s for s in self._set_cache if changed.intersection(sets[s])}
+        stale = {s for s in self._set_cache if not changed.keys().isdisjoint(sets[s])}
+        keys = [key for key, bgp_set in self._rib.iter_selected() if bgp_set in stale]
+        drift = self.installed.drift
+        for key in keys:  # pin what is installed, resolved the old way
+            if key not in drift:
+                was = self.desired_value(key)
+                drift[key] = ABSENT if was is None else was
+        for nh, new in changed.items():
+            self._gateway[nh] = new
+            if new is None:
+                self.unresolved.add(nh)
+            else:
+                self.unresolved.discard(nh)
         for s in stale:
             del self._set_cache[s]
-        n = 0
-        for key, bgp_set in list(self._rib.iter_selected()):
-            if bgp_set in stale:
-                self.select(key, bgp_set)
-                n += 1
-        return n
+        for key in keys:
+            self._retry.pop(key, None)
+            self._settle(key)
+        return len(keys)
+
+    # ---- IO ------------------------------------------------------------------------------------
+
+    async def resync(self) -> None:
+        """Read what is installed as a stream; keep only where it differs from desired."""
+        drift: dict[int, int] = {}
+        matched = 0
+        sets: dict[tuple[IPv4Address | IPv6Address, ...], int] = {}
+        nh_add = self._rib.next_hops.add
+        ecmp_add = self._rib.ecmp_sets.add
+        desired = self.desired_value
+
+        def restart() -> None:
+            nonlocal matched
+            drift.clear()
+            matched = 0
+
+        def compare(key: int, gateways: tuple[IPv4Address | IPv6Address, ...]) -> None:
+            nonlocal matched
+            value = sets.get(gateways)
+            if value is None:
+                value = sets[gateways] = ecmp_add(tuple(sorted({nh_add(g) for g in gateways})))
+            if desired(key) == value:
+                matched += 1
+            else:
+                drift[key] = value
+
+        await self._kernel.fold_learned(self.protocol, self.table, compare, restart)
+        differing = sum(1 for key in drift if desired(key) is not None)
+        if matched + differing < len(self.desired):
+            # some desired routes are not in the kernel: which? (only now are the keys
+            # present needed)
+            present: set[int] = set()
+            await self._kernel.fold_learned(
+                self.protocol, self.table, lambda key, _gw: present.add(key), present.clear)
+            for key in self.desired:
+                if key not in present:
+                    drift[key] = ABSENT
+            del present
+        self.installed.drift = drift
+        self._dirty_add = set()
+        self._dirty_rm = set()
+        for key, value in drift.items():
+            if desired(key) is not None:
+                self._dirty_add.add(key)
+            elif value != ABSENT:
+                self._dirty_rm.add(key)
+        self._resync_pending = False
+        self._resync_failures = 0
+        self.in_sync = True
+        self.stats.resyncs += 1
 
     async def _dump(self) -> dict[int, int]:
+        """Everything installed, as a dict (tools and tests; resync does not use it)."""
         out: dict[int, int] = {}
         nh_add = self._rib.next_hops.add
         sets = self._rib.ecmp_sets
-        for dst, hops in await self._kernel.dump_learned(self.protocol, self.table):
-            out[prefix_key(dst)] = sets.add(tuple(sorted({nh_add(h) for h in hops})))
+
+        def put(key: int, gateways: tuple[IPv4Address | IPv6Address, ...]) -> None:
+            out[key] = sets.add(tuple(sorted({nh_add(g) for g in gateways})))
+
+        await self._kernel.fold_learned(self.protocol, self.table, put, out.clear)
         return out
 
     async def _write(

@@ -853,6 +853,45 @@ def parse_route(buf: ReadableBuffer, offset: int = 0, end: int | None = None) ->
     )
 
 
+#: (family, destination address as an int, prefix length, gateways): see parse_route_brief.
+RouteBrief = tuple[int, int, int, tuple[IPAddress, ...]]
+
+
+def parse_route_brief(buf: ReadableBuffer, offset: int = 0, end: int | None = None) -> RouteBrief:
+    """The destination and gateways of an RTM_NEWROUTE payload, nothing else: what a
+    resync of 100k learned routes needs, at a fraction of :func:`parse_route`'s cost (no
+    network object, no record, no per-hop object for multipath routes)."""
+    if end is None:
+        end = len(buf)
+    family, dst_len = buf[offset], buf[offset + 1]
+    v6 = family == AF_INET6
+    dst_int = 0
+    gateways: tuple[IPAddress, ...] = ()
+    unpack_rta = _RTA.unpack_from
+    off = offset + _RTMSG_LEN
+    while off + 4 <= end:
+        alen, atype = unpack_rta(buf, off)
+        if alen < 4:
+            break
+        atype &= NLA_TYPE_MASK
+        if atype == RTA_DST:
+            if v6:
+                hi, lo = _BE128.unpack_from(buf, off + 4)
+                dst_int = (hi << 64) | lo
+            else:
+                dst_int = _BE32.unpack_from(buf, off + 4)[0]
+        elif atype in (RTA_GATEWAY, RTA_VIA):
+            gw = (_ip_at(buf, off + 4, alen - 4, family) if atype == RTA_GATEWAY
+                  else _via_at(buf, off + 4, alen - 4))
+            if gw is not None:
+                gateways = (gw,)
+        elif atype == RTA_MULTIPATH:
+            gateways = tuple(h.gateway for h in _parse_multipath(buf, off + 4, off + alen, family)
+                             if h.gateway is not None)
+        off += (alen + 3) & ~3
+    return family, dst_int, dst_len, gateways
+
+
 def parse_neigh(buf: ReadableBuffer, offset: int = 0, end: int | None = None) -> NeighRecord:
     """Parse the payload of an RTM_NEWNEIGH / RTM_DELNEIGH message into a
     :class:`NeighRecord`."""

@@ -201,3 +201,19 @@ def test_drain_puts_graceful_shutdown_on_the_routes_then_withdraws(lab: Lab) -> 
     assert ctl(["--socket", str(topo.hv(1).socket), "undrain"]) == 0
     wait_until(lambda: prefix in topo.rr.routes("master4"), 5, what="announced again")
     assert "(65535,0)" not in topo.rr.birdc("show", "route", prefix, "all")
+
+
+def test_bulk_table_arrives_whole_with_input_held_while_the_kernel_catches_up(lab: Lab) -> None:
+    """40k routes from the reflector: more than the backlog lets in at once, so hv2 holds
+    its input while installing (l3hostd.bgp.flow); every route ends up in the kernel and
+    the session never drops."""
+    routes = 40_000
+    topo = BgpTopology(lab, hypervisors=2, speaker="l3hostd", rr_static_routes=routes)
+    topo.start(timeout=30)
+    wait_until(lambda: len(topo.learned_routes(2)) >= routes, 30, interval=0.2,
+               what="all routes in hv2's kernel")
+    assert len(topo.learned_routes(2)) == routes
+    status = topo.hv(2).ctl("show", "status")
+    peers = topo.hv(2).ctl("show", "peers")
+    assert isinstance(peers, list) and all(p["flaps"] == 0 for p in peers), peers
+    assert isinstance(status, dict) and status["bgp_input_holds"] >= 1, status

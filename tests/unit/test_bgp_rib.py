@@ -117,7 +117,7 @@ def test_graceful_restart_stale_paths_kept_then_swept_without_churn() -> None:
     d = rib.apply_update("rr1", Update(announced=(route("10.9.0.1/32", "100.64.2.1", 9),)))
     assert d == {}  # same next hop: no kernel change
     d = rib.sweep_stale("rr1")
-    assert {str(key_prefix(k)): v for k, v in d.items()} == {"10.9.0.2/32": None}
+    assert {str(key_prefix(k)): new for k, (_old, new) in d.items()} == {"10.9.0.2/32": None}
     assert hops(rib, "10.9.0.1/32") == {"100.64.2.1"}
     assert not rib.has_stale("rr1")
 

@@ -33,22 +33,22 @@ def test_ecmp_install_change_and_withdraw() -> None:
     r = LearnedRouteReconciler(k, rib)
 
     async def go() -> None:
-        for key, sel in rib.apply_update("rr1", upd(("10.9.0.1/32", "100.64.0.12", 1),
+        for key, (old, sel) in rib.apply_update("rr1", upd(("10.9.0.1/32", "100.64.0.12", 1),
                                                    ("10.9.0.1/32", "100.64.0.13", 2))).items():
-            r.select(key, sel)
+            r.select(key, old, sel)
         await apply(r)
         (metric, proto, hops), = k.learned.values()
         assert (metric, proto) == (LEARNED_METRIC, 45)
         assert set(map(str, hops)) == {"100.64.0.12", "100.64.0.13"}
         k.clear_writes()
-        for key, sel in rib.apply_update(
+        for key, (old, sel) in rib.apply_update(
                 "rr1", Update(withdrawn=((ip_network("10.9.0.1/32"), 2),))).items():
-            r.select(key, sel)
+            r.select(key, old, sel)
         await apply(r)
         assert [w.op for w in k.writes] == ["learned-add"]  # one replace, no delete + add
         assert [str(h) for h in next(iter(k.learned.values()))[2]] == ["100.64.0.12"]
-        for key, sel in rib.peer_down("rr1").items():
-            r.select(key, sel)
+        for key, (old, sel) in rib.peer_down("rr1").items():
+            r.select(key, old, sel)
         await apply(r)
         assert not k.learned
 
@@ -64,9 +64,9 @@ def test_next_hops_not_on_link_are_resolved_and_re_resolved() -> None:
     r = LearnedRouteReconciler(k, rib)
 
     async def go() -> None:
-        for key, sel in rib.apply_update("rr1", upd(("10.9.0.2/32", "100.64.2.1", 1),
+        for key, (old, sel) in rib.apply_update("rr1", upd(("10.9.0.2/32", "100.64.2.1", 1),
                                                    ("10.9.0.3/32", "100.64.3.1", 2))).items():
-            r.select(key, sel)
+            r.select(key, old, sel)
         await apply(r)
         assert {str(d): [str(h) for h in v[2]] for (_, d), v in k.learned.items()} == {
             "10.9.0.2/32": ["100.64.1.254"]}
