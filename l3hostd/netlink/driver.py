@@ -203,7 +203,7 @@ class NetlinkDriver:
         self,
         protocol: int,
         table: int,
-        sink: Callable[[int, tuple[IPAddress, ...]], None],
+        sink: Callable[[int, tuple[bytes, ...]], None],
         restart: Callable[[], None],
     ) -> None:
         def one(brief: wire.RouteBrief) -> None:

@@ -167,7 +167,7 @@ class FakeKernel:
         self,
         protocol: int,
         table: int,
-        sink: Callable[[int, tuple[IPAddress, ...]], None],
+        sink: Callable[[int, tuple[bytes, ...]], None],
         restart: Callable[[], None],
     ) -> None:
         from l3hostd.bgp.rib import prefix_key
@@ -175,7 +175,7 @@ class FakeKernel:
         restart()
         for (t, dst), (_m, p, hops) in list(self.learned.items()):
             if p == protocol and t == table:
-                sink(prefix_key(dst), hops)
+                sink(prefix_key(dst), tuple(h.packed for h in hops))
 
     async def write_learned(
         self,

@@ -52,11 +52,12 @@ class Kernel(Protocol):
         self,
         protocol: int,
         table: int,
-        sink: Callable[[int, tuple[IPAddress, ...]], None],
+        sink: Callable[[int, tuple[bytes, ...]], None],
         restart: Callable[[], None],
     ) -> None:
         """Each route of ``protocol`` in ``table`` to ``sink(prefix key, gateways)`` as it
-        is read, nothing accumulated (keys as :func:`l3hostd.bgp.rib.prefix_key`);
+        is read, nothing accumulated (keys as :func:`l3hostd.bgp.rib.prefix_key`,
+        gateways as packed addresses: 4 or 16 bytes each);
         ``restart()`` runs before the first route and again whenever the read starts over
         (a dump interrupted by concurrent changes)."""
         ...

@@ -43,7 +43,7 @@ manager releases the protection once the peers sent End-of-RIB (or a capped wait
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping, Sequence
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import ip_address
 
 from l3hostd.bgp.rib import AdjRibIn
 from l3hostd.model import RT_TABLE_MAIN, RTPROT_L3HOSTD_BGP
@@ -312,9 +312,8 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         """Read what is installed as a stream; keep only where it differs from desired."""
         drift: dict[int, int] = {}
         matched = 0
-        sets: dict[tuple[IPv4Address | IPv6Address, ...], int] = {}
-        nh_add = self._rib.next_hops.add
-        ecmp_add = self._rib.ecmp_sets.add
+        sets: dict[tuple[bytes, ...], int] = {}
+        gateway_set = self._gateway_set
         desired = self.desired_value
 
         def restart() -> None:
@@ -322,11 +321,11 @@ class LearnedRouteReconciler(Reconciler[int, int]):
             drift.clear()
             matched = 0
 
-        def compare(key: int, gateways: tuple[IPv4Address | IPv6Address, ...]) -> None:
+        def compare(key: int, gateways: tuple[bytes, ...]) -> None:
             nonlocal matched
             value = sets.get(gateways)
             if value is None:
-                value = sets[gateways] = ecmp_add(tuple(sorted({nh_add(g) for g in gateways})))
+                value = sets[gateways] = gateway_set(gateways)
             if desired(key) == value:
                 matched += 1
             else:
@@ -357,14 +356,17 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         self.in_sync = True
         self.stats.resyncs += 1
 
+    def _gateway_set(self, gateways: tuple[bytes, ...]) -> int:
+        """The interned ECMP set of packed gateway addresses (as read from the kernel)."""
+        nh_add = self._rib.next_hops.add
+        return self._rib.ecmp_sets.add(tuple(sorted({nh_add(ip_address(g)) for g in gateways})))
+
     async def _dump(self) -> dict[int, int]:
         """Everything installed, as a dict (tools and tests; resync does not use it)."""
         out: dict[int, int] = {}
-        nh_add = self._rib.next_hops.add
-        sets = self._rib.ecmp_sets
 
-        def put(key: int, gateways: tuple[IPv4Address | IPv6Address, ...]) -> None:
-            out[key] = sets.add(tuple(sorted({nh_add(g) for g in gateways})))
+        def put(key: int, gateways: tuple[bytes, ...]) -> None:
+            out[key] = self._gateway_set(gateways)
 
         await self._kernel.fold_learned(self.protocol, self.table, put, out.clear)
         return out

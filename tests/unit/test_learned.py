@@ -99,3 +99,54 @@ def test_adopted_routes_are_kept_until_protection_is_released() -> None:
         assert not k.learned
 
     asyncio.run(go())
+
+
+def test_installed_state_is_kept_as_the_difference_from_desired() -> None:
+    """Converged: no drift. A resync finds a route missing, one changed behind our back and
+    one foreign to the RIB (ours by protocol): exactly those are rewritten or removed."""
+    k = FakeKernel()
+    rib = AdjRibIn()
+    rib.add_peer("rr1")
+    r = LearnedRouteReconciler(k, rib)
+
+    async def go() -> None:
+        delta = rib.apply_update("rr1", upd(("10.9.0.1/32", "100.64.0.12", 1),
+                                            ("10.9.0.2/32", "100.64.0.12", 1),
+                                            ("10.9.0.3/32", "100.64.0.12", 1),
+                                            ("2001:db8::1/128", "100.64.0.12", 1)))
+        for key, (old, new) in delta.items():
+            r.select(key, old, new)
+        await apply(r)
+        assert len(k.learned) == 4 and r.installed.drift == {}
+        assert len(r.observed) == 4 and r.installed.by_family() == (3, 1)
+        # behind our back: one deleted, one re-pointed, one foreign route of our protocol
+        del k.learned[(254, ip_network("10.9.0.1/32"))]
+        k.learned[(254, ip_network("10.9.0.2/32"))] = (LEARNED_METRIC, 45,
+                                                       (ip_address("100.64.0.99"),))
+        k.learned[(254, ip_network("10.9.0.8/32"))] = (LEARNED_METRIC, 45,
+                                                       (ip_address("100.64.0.12"),))
+        r.queue_resync()
+        await r.resync()
+        assert len(r.installed.drift) == 3 and r.dirty_count == 3
+        assert r.installed.by_family() == (3, 1)  # .1 missing, .8 extra
+        k.clear_writes()
+        await r.apply(Phase.REMOVE, 0.0)
+        await r.apply(Phase.ADD, 0.0)
+        assert sorted((w.op, str(w.obj[0] if w.op == "learned-add" else w.obj))  # type: ignore[index]
+                      for w in k.writes) == [("learned-add", "10.9.0.1/32"),
+                                             ("learned-add", "10.9.0.2/32"),
+                                             ("learned-del", "10.9.0.8/32")]
+        assert r.installed.drift == {} and r.dirty_count == 0
+        assert {str(d): [str(h) for h in v[2]] for (_, d), v in k.learned.items()} == {
+            "10.9.0.1/32": ["100.64.0.12"], "10.9.0.2/32": ["100.64.0.12"],
+            "10.9.0.3/32": ["100.64.0.12"], "2001:db8::1/128": ["100.64.0.12"]}
+        # a change of selection pins what is installed until the write
+        delta = rib.apply_update("rr1", upd(("10.9.0.3/32", "100.64.0.13", 1)))
+        for key, (old, new) in delta.items():
+            r.select(key, old, new)
+        (key,) = delta
+        assert r.observed.get(key) == delta[key][0] and r.desired.get(key) == delta[key][1]
+        await apply(r)
+        assert r.installed.drift == {} and r.observed.get(key) == delta[key][1]
+
+    asyncio.run(go())

@@ -226,6 +226,23 @@ def test_multipath_round_trip_v6() -> None:
     ]
 
 
+def test_route_brief_has_destination_and_packed_gateways() -> None:
+    one = payload(wire.route_add(IPv4Network("192.0.2.7/32"), protocol=45,
+                                 gateway=IPv4Address("10.0.0.1")))
+    assert wire.parse_route_brief(one) == (
+        wire.AF_INET, int(IPv4Address("192.0.2.7")), 32, (IPv4Address("10.0.0.1").packed,))
+    via = payload(wire.route_add(IPv4Network("192.0.2.0/24"), protocol=45,
+                                 gateway=IPv6Address("fe80::1"), oif=4))
+    assert wire.parse_route_brief(via)[3] == (IPv6Address("fe80::1").packed,)
+    hops = [(IPv6Address("fe80::1"), 3), (IPv6Address("fe80::2"), 4)]
+    multi = payload(wire.route_add(IPv6Network("2001:db8:1::/48"), protocol=45, multipath=hops))
+    assert wire.parse_route_brief(multi) == (
+        wire.AF_INET6, int(IPv6Address("2001:db8:1::")), 48,
+        (IPv6Address("fe80::1").packed, IPv6Address("fe80::2").packed))
+    bare = payload(wire.route_add(IPv4Network("10.1.2.3/32"), protocol=44, oif=7))
+    assert wire.parse_route_brief(bare) == (wire.AF_INET, int(IPv4Address("10.1.2.3")), 32, ())
+
+
 def test_multipath_weight_is_validated() -> None:
     with pytest.raises(ValueError, match="weight"):
         wire.route_add(
