@@ -1,6 +1,10 @@
 """``l3hostd``: ``run`` (the daemon), ``check-config``, ``demo`` (the namespace lab).
 
 Exit codes: 0 success, 2 bad input (config errors, usage), 1 runtime failure.
+
+``run`` validates the config file in a child process (:mod:`l3hostd.config_isolated`), so
+pydantic and PyYAML's config loader never enter the daemon; ``check-config`` validates in
+process (:mod:`l3hostd.cli_check`). Subcommands import only what they use.
 """
 
 from __future__ import annotations
@@ -10,33 +14,39 @@ import logging
 import os
 import sys
 
-DEFAULT_CONFIG = "/etc/l3hostd/l3hostd.yaml"
+DEFAULT_CONFIG = "/etc/l3hostd/l3hostd.yaml"  # l3hostd.settings.DEFAULT_CONFIG_PATH
 
 
 def _run(config_path: str) -> int:
     import uvloop
 
     from l3hostd import logs
-    from l3hostd.config import ConfigError, load_config
+    from l3hostd.config_isolated import load_config_isolated
     from l3hostd.daemon import Daemon
+    from l3hostd.settings import ConfigError
 
     try:
-        config = load_config(config_path)
+        config = load_config_isolated(config_path)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
     logs.setup(config.logging.level, config.logging.format)
+    daemon = Daemon(config, config_path)
     profile_to = os.environ.get("L3HOSTD_PROFILE")  # developer aid: cProfile to this file
     try:
         if profile_to:
             import cProfile
 
-            cProfile.runctx("uvloop.run(Daemon(config).run())", globals(), locals(), profile_to)
+            cProfile.runctx("uvloop.run(daemon.run())", globals(), locals(), profile_to)
         else:
-            uvloop.run(Daemon(config).run())
+            uvloop.run(daemon.run())
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # found only when used, e.g. an unreadable password file
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
     except Exception:
         logging.getLogger("l3hostd").exception("fatal error")
         return 1

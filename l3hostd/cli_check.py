@@ -1,7 +1,9 @@
 """``l3hostd check-config``: validate a configuration file without starting anything.
 
-It loads the file exactly as ``l3hostd run`` and a SIGHUP reload do
-(:func:`l3hostd.config.load_config`), so "OK" here means the daemon will accept the file.
+It loads the file with the same code as ``l3hostd run`` and a reload
+(:func:`l3hostd.config.load_config`; they run it in a child process, see
+:mod:`l3hostd.config_isolated`, this command in process), so "OK" here means the daemon will
+accept the file -- a reload may still refuse settings that need a restart.
 Output goes to stdout, one line per problem, each naming the file and the YAML path, so
 the result can be read by a person or checked by a script; the exit code follows the
 command-line convention of DESIGN.md (0 valid, 2 bad input). It reads no password files and

@@ -26,9 +26,15 @@ Why it is built this way
       sub-path and the bad value in the error context (``at``/``got``), which
       :func:`format_validation_error` appends.
     - Models are frozen and use tuples, never lists, so every model is hashable and
-      comparable with ``==``: a SIGHUP reload can diff old and new peers directly.
+      comparable with ``==``.
     - Nothing here opens sockets or reads secrets: a peer's ``password_file`` is only
       checked to be an absolute path; :func:`read_password` reads it when it is needed.
+    - The daemon never imports this module (pydantic and the models' validators cost it
+      ~14 MiB of RSS): :func:`to_settings` converts a validated :class:`Config` into the
+      plain dataclasses of :mod:`l3hostd.settings` (same class and field names, matched
+      generically by name), and :mod:`l3hostd.config_isolated` runs :func:`load_settings`
+      in a child process and hands the result to the daemon. ``check-config`` and the
+      tests use this module directly.
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -63,6 +68,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from l3hostd import settings
+from l3hostd.settings import (
+    DEFAULT_CONFIG_PATH,
+    ROUTE_TABLE_NAMES,
+    ConfigError,
+    HostPort,
+    parse_community,
+    read_password,
+    route_table_id,
+)
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "BgpConfig",
@@ -83,37 +99,25 @@ __all__ = [
     "PeerConfig",
     "format_validation_error",
     "load_config",
+    "load_settings",
     "parse_community",
     "parse_config",
     "read_password",
     "route_table_id",
+    "to_settings",
 ]
-
-DEFAULT_CONFIG_PATH = "/etc/l3hostd/l3hostd.yaml"
 
 IPAddress: TypeAlias = IPv4Address | IPv6Address
 IPNetwork: TypeAlias = IPv4Network | IPv6Network
 
-#: Route table names understood without /etc/iproute2/rt_tables (as in ``ip route``).
-ROUTE_TABLE_NAMES: dict[str, int] = {"default": 253, "main": 254, "local": 255}
 #: Largest usable table number (the kernel's table ids are u32; 0 is RT_TABLE_UNSPEC).
 ROUTE_TABLE_MAX = 4294967294
 #: RFC 6793 AS_TRANS: stands in for a 4-byte ASN on 2-byte speakers, never a real ASN.
 AS_TRANS = 23456
-#: Linux TCP_MD5SIG_MAXKEYLEN.
-TCP_MD5_MAX_KEY_LEN = 80
 #: Linux IFNAMSIZ - 1: the longest interface name.
 IFNAME_MAX_LEN = 15
 
 _GOT_MAX_LEN = 80
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used. ``errors`` holds one human-readable line per problem."""
-
-    def __init__(self, errors: Sequence[str]) -> None:
-        self.errors: list[str] = list(errors)
-        super().__init__("\n".join(self.errors))
 
 
 def _error(message: str, *, got: object = None, at: tuple[str | int, ...] = ()) -> Exception:
@@ -251,21 +255,6 @@ def _validate_interface_pattern(value: object) -> str:
     return text
 
 
-def parse_community(text: str) -> tuple[int, int] | tuple[int, int, int]:
-    """Parse ``"a:b"`` (RFC 1997, each 0..65535) or ``"a:b:c"`` (RFC 8092, each 0..2**32-1).
-
-    Raises :class:`ValueError` if ``text`` is neither.
-    """
-    parts = text.split(":")
-    if all(p.isascii() and p.isdigit() for p in parts):
-        numbers = [int(p) for p in parts]
-        if len(numbers) == 2 and all(n <= 0xFFFF for n in numbers):
-            return (numbers[0], numbers[1])
-        if len(numbers) == 3 and all(n <= 0xFFFFFFFF for n in numbers):
-            return (numbers[0], numbers[1], numbers[2])
-    raise ValueError(f"not a valid community: {text!r}")
-
-
 def _validate_community(value: object) -> str:
     if isinstance(value, str):
         try:
@@ -278,32 +267,12 @@ def _validate_community(value: object) -> str:
     )
 
 
-def route_table_id(table: str | int) -> int:
-    """The kernel table number of a configured route table: a name or a number."""
-    if isinstance(table, str):
-        return ROUTE_TABLE_NAMES[table]
-    return table
-
-
 def _validate_route_table(value: object) -> str | int:
     if isinstance(value, str) and value in ROUTE_TABLE_NAMES:
         return value
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= ROUTE_TABLE_MAX:
         return value
     raise _error(f"must be 'main', 'local', 'default' or a number 1..{ROUTE_TABLE_MAX}", got=value)
-
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    """An IP address and a TCP port, written ``192.0.2.1:9469`` or ``[2001:db8::1]:9469``."""
-
-    host: IPAddress
-    port: int
-
-    def __str__(self) -> str:
-        if isinstance(self.host, IPv6Address):
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
 
 
 def _host_port_validator(min_port: int) -> Callable[[object], HostPort]:
@@ -560,6 +529,7 @@ class FirewallConfig(_Section):
 
 
 class MetricsConfig(_Section):
+    enabled: StrictBool = True
     listen: ListenAddress = HostPort(IPv4Address("127.0.0.1"), 9469)
 
 
@@ -583,28 +553,6 @@ class Config(_Model):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-
-
-# ----------------------------------------------------------------------------- secrets
-
-
-def read_password(path: str | Path) -> bytes:
-    """Read a TCP-MD5 key: the file's bytes without trailing newlines, 1..80 bytes.
-
-    Raises :class:`ConfigError` with one line naming the file and what is wrong.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read password file: {exc.strerror or exc}"]) from exc
-    key = data.rstrip(b"\r\n")
-    if not key:
-        raise ConfigError([f"{path}: password file is empty"])
-    if len(key) > TCP_MD5_MAX_KEY_LEN:
-        raise ConfigError(
-            [f"{path}: password is {len(key)} bytes, TCP-MD5 allows at most {TCP_MD5_MAX_KEY_LEN}"]
-        )
-    return key
 
 
 # ------------------------------------------------------------------------ error messages
@@ -832,3 +780,29 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_error(exc, source)]) from None
     return parse_config(data, source)
+
+
+# ---------------------------------------------------------------- runtime settings
+
+
+def _to_runtime(value: object) -> object:
+    """A validated value as the daemon holds it: a model becomes the :mod:`l3hostd.settings`
+    dataclass of the same name, field by field (by attribute name, e.g. ``import_``)."""
+    if isinstance(value, BaseModel):
+        cls = getattr(settings, type(value).__name__)
+        return cls(**{name: _to_runtime(getattr(value, name)) for name in type(value).model_fields})
+    if isinstance(value, tuple):
+        return tuple(_to_runtime(item) for item in value)
+    return value
+
+
+def to_settings(config: Config) -> settings.Config:
+    """The validated ``config`` as the plain dataclasses the daemon runs with."""
+    runtime = _to_runtime(config)
+    assert isinstance(runtime, settings.Config)
+    return runtime
+
+
+def load_settings(path: str | Path) -> settings.Config:
+    """:func:`load_config`, then :func:`to_settings`; raise :class:`ConfigError`."""
+    return to_settings(load_config(path))

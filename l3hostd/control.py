@@ -4,6 +4,10 @@ Request ``{"command": "show", "what": "status"|"endpoints"|"routes"}``; the repl
 JSON line ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": "..."}``. The socket
 file is created with mode 0600 in a 0755 directory, so only root can connect.
 :mod:`l3hostd.ctl` (``l3hostctl``) is the client.
+
+``{"command": "reload"}`` re-reads the config file like SIGHUP and answers when it is
+applied: ``{"ok": true, "data": {"changes": [...]}}``, or ``{"ok": false, "error": ...,
+"errors": [one line per problem]}`` when it was rejected (the running config stays).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from l3hostd.bgp.rib import prefix_key
+from l3hostd.settings import ConfigError
 
 if TYPE_CHECKING:
     from l3hostd.daemon import Daemon
@@ -144,12 +149,24 @@ class ControlServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
-            writer.write(json.dumps(self.answer(line)).encode() + b"\n")
+            reply = await self._reload() if _is_reload(line) else self.answer(line)
+            writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
             writer.close()
+
+    async def _reload(self) -> dict[str, Any]:
+        try:
+            changes = await self.daemon.reload()
+        except ConfigError as exc:
+            return {"ok": False, "error": "reload rejected: the running configuration stays",
+                    "errors": exc.errors}
+        except Exception as exc:  # a bug in the reload must not kill the daemon
+            log.exception("reload failed")
+            return {"ok": False, "error": f"reload failed: {exc}"}
+        return {"ok": True, "data": {"changes": changes}}
 
     def _drain(self, command: str, wait: object) -> dict[str, Any]:
         bgp = self.daemon.bgp
@@ -184,3 +201,11 @@ class ControlServer:
         except Exception as exc:  # a bug in a view must not kill the daemon
             log.exception("control request failed")
             return {"ok": False, "error": f"internal error: {exc}"}
+
+
+def _is_reload(line: bytes) -> bool:
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(request, dict) and request.get("command") == "reload"

@@ -16,6 +16,13 @@ directory's own periodic rescan as safety nets.
 SIGTERM/SIGINT stop the loop and leave every kernel object in place (routes, neighbour
 entries, sysctls): VMs keep working while the daemon restarts, and the next start adopts
 the state without rewriting it.
+
+SIGHUP and ``l3hostctl reload`` re-read the config file (:meth:`Daemon.reload`): it is
+validated in a child process (:mod:`l3hostd.config_isolated`), diffed against the running
+settings (:mod:`l3hostd.reload`) and either applied -- BGP peers, filters and exports by
+the BGP manager without resetting unchanged sessions, log settings and intervals here --
+or, if it has errors or changes a setting that needs a restart, rejected as a whole with
+one log line per problem while the running configuration stays.
 """
 
 from __future__ import annotations
@@ -27,18 +34,21 @@ import random
 import signal
 import time
 
-from l3hostd import control
+from l3hostd import control, logs, metrics
 from l3hostd.bgp.manager import BgpManager
 from l3hostd.calc import DataplaneSettings
-from l3hostd.config import Config
+from l3hostd.config_isolated import load_config_async
 from l3hostd.dataplane import Dataplane
 from l3hostd.endpoints.directory import DirectorySource, SourceChange
 from l3hostd.firewall.compile import FirewallSettings
 from l3hostd.firewall.reconciler import FirewallInputs, FirewallReconciler
-from l3hostd.model import RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP, Link
+from l3hostd.model import RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP, IPAddress, Link
 from l3hostd.netlink import sysctl
 from l3hostd.netlink.driver import NetlinkDriver
 from l3hostd.netlink.monitor import LinkMonitor
+from l3hostd.reload import ReloadPlan
+from l3hostd.reload import plan as plan_reload
+from l3hostd.settings import Config, ConfigError
 from l3hostd.systemd import Notifier
 
 log = logging.getLogger("l3hostd")
@@ -69,9 +79,24 @@ def firewall_reconciler(config: Config) -> FirewallReconciler | None:
     return FirewallReconciler(FirewallInputs(settings))
 
 
+def read_passwords(config: Config) -> dict[IPAddress, bytes | None]:
+    """Every peer's TCP-MD5 key (None: no password file); raise ConfigError."""
+    out: dict[IPAddress, bytes | None] = {}
+    errors: list[str] = []
+    for peer in config.bgp.peers:
+        try:
+            out[peer.address] = peer.read_password()
+        except ConfigError as exc:
+            errors += exc.errors
+    if errors:
+        raise ConfigError(errors)
+    return out
+
+
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # re-read by a reload
         self.started = time.time()
         self.driver = NetlinkDriver()
         self.dataplane = Dataplane(
@@ -90,6 +115,11 @@ class Daemon:
         self._stop = asyncio.Event()
         self._link_resync = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
+        self._started = False
+        self._hup_pending = False
+        self._reloads: set[asyncio.Task[None]] = set()
+        self.metrics: metrics.MetricsServer | None = None
 
     def _on_link(self, link: Link) -> None:
         self.dataplane.on_link(link)
@@ -139,8 +169,8 @@ class Daemon:
                 self._link_resync.set()
 
     async def _periodic_resync(self) -> None:
-        interval = self.config.dataplane.resync_interval
-        while True:
+        while True:  # the interval is read each time: a reload may change it
+            interval = self.config.dataplane.resync_interval
             await asyncio.sleep(interval * random.uniform(2 / 3, 1.0))
             log.debug("periodic resync")
             self._link_resync.set()
@@ -171,10 +201,85 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    # ---- reload -----------------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        if not self._started:  # run() reloads once it has started everything
+            log.info("SIGHUP while starting: reloading once started")
+            self._hup_pending = True
+            return
+        task = asyncio.create_task(self._reload_logged(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except ConfigError:
+            pass  # logged by reload()
+        except Exception:
+            log.exception("reload failed")
+
+    async def reload(self) -> list[str]:
+        """Re-read the config file and apply what changed; return one line per change.
+
+        Raises :class:`ConfigError` -- after logging each line -- when the file has errors
+        or changes a setting that needs a restart; nothing is changed then."""
+        async with self._reload_lock:
+            ready = self.dataplane.synced.is_set()
+            if ready:  # systemd: reloading until READY=1 again (sd_notify(3))
+                self.notifier.notify("RELOADING=1",
+                                     f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                try:
+                    if self.config_path is None:
+                        raise ConfigError(["no config file to reload (started without one)"])
+                    new = await load_config_async(self.config_path)
+                    passwords = read_passwords(new)
+                    plan = plan_reload(
+                        self.config, new, bgp_running=self.bgp is not None,
+                        old_passwords=self.bgp.passwords() if self.bgp is not None else {},
+                        new_passwords=passwords,
+                    )
+                    if plan.rejected:
+                        raise ConfigError(plan.rejected)
+                except ConfigError as exc:
+                    for line in exc.errors:
+                        log.error("reload rejected: %s", line)
+                    log.error("reload rejected: the running configuration stays")
+                    raise
+                lines = list(plan.changes) + self._apply_reload(new, plan, passwords)
+                for line in lines:
+                    log.info("reload: %s", line)
+                if not lines:
+                    log.info("reload: no changes")
+                return lines
+            finally:
+                if ready:
+                    self.notifier.notify("READY=1")
+
+    def _apply_reload(
+        self, new: Config, plan: ReloadPlan, passwords: dict[IPAddress, bytes | None]
+    ) -> list[str]:
+        """Carry out an accepted plan (see :data:`l3hostd.reload.LIVE` for what can change)."""
+        self.config = new
+        notes: list[str] = []
+        if plan.changed("logging.level", "logging.format"):
+            logs.setup(new.logging.level, new.logging.format)
+        if plan.changed("endpoints.rescan_interval"):
+            self.source.rescan_interval = float(new.endpoints.rescan_interval)
+        # dataplane.resync_interval: _periodic_resync reads it for its next period
+        if self.bgp is not None:
+            notes += self.bgp.reconfigure(new, plan, passwords)
+            if plan.changed("bgp.export.interfaces"):
+                self._link_resync.set()  # re-match every link against the new patterns
+        return notes
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         for warning in sysctl.global_forwarding_warnings():
             log.warning("%s", warning)
         await self.driver.open()
@@ -193,6 +298,9 @@ class Daemon:
             self.bgp.start()
         server = control.ControlServer(self.config.control.socket, self)
         await server.start()
+        self.metrics = metrics.server_for(self)  # None when metrics.enabled is false
+        if self.metrics is not None:
+            await self.metrics.start()
         self._tasks = [
             asyncio.create_task(coro, name=name)
             for name, coro in (
@@ -206,6 +314,9 @@ class Daemon:
         ]
         if self.bgp is not None:
             self._tasks.append(asyncio.create_task(self.bgp.run_watch(), name="kernel-learn"))
+        self._started = True
+        if self._hup_pending:
+            self._on_sighup()
         stop = asyncio.create_task(self._stop.wait())
         pending: set[asyncio.Task[object]] = {stop, *self._tasks}
         try:
@@ -223,12 +334,14 @@ class Daemon:
             if self.bgp is not None:
                 self.bgp.stop(graceful=self.config.bgp.graceful_restart.enabled)
             stop.cancel()
-            for task in self._tasks:
+            for task in (*self._tasks, *self._reloads):
                 task.cancel()
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await server.close()
+            if self.metrics is not None:
+                await self.metrics.close()
             if self.bgp is not None:
                 await self.bgp.close()
             self.monitor.stop()

@@ -102,6 +102,11 @@ class Dataplane:
         self.route_listeners: list[RouteListener] = []
         #: called after every pass (the BGP manager times UPDATE-to-installed with it)
         self.pass_listeners: list[Callable[[], None]] = []
+        # Latency stamps (time.monotonic) for the metrics, one per pass, never per route:
+        # the first input since the last pass that changed a desired route, and that of the
+        # running pass (what the route listeners' changes were caused by, at the earliest).
+        self.input_at: float | None = None
+        self.pass_input_at: float | None = None
 
     # ---- inputs (cheap, no IO) --------------------------------------------------------------
 
@@ -221,6 +226,8 @@ class Dataplane:
         if not delta and not endpoints:
             return
         held = self._gate(delta, endpoints)
+        if delta.routes and self.input_at is None:
+            self.input_at = time.monotonic()
         for rk, route in delta.routes.items():
             self.routes.set_desired(rk, None if rk in held else route)
         for nk, neigh in delta.neighbours.items():
@@ -248,6 +255,7 @@ class Dataplane:
             if self._ready and any(r.pending(now) for r in self.reconcilers):
                 await self.apply_once()
                 continue
+            self.input_at = None  # its change needed no write: nothing to time
             await self._sleep(self._next_retry(now))
 
     def _next_retry(self, now: float) -> float | None:
@@ -261,6 +269,7 @@ class Dataplane:
     async def apply_once(self) -> int:
         """One pass (see the module docstring); returns the number of requests written."""
         started = self._clock()
+        self.pass_input_at, self.input_at = self.input_at, None
         for r in self.reconcilers:
             if r.resync_pending and r.resync_due(started):
                 try:
@@ -324,6 +333,11 @@ class Dataplane:
         for plan in self.state.plans.values():
             out[plan.state] = out.get(plan.state, 0) + 1
         return out
+
+    @property
+    def firewall_pending(self) -> int:
+        """Active endpoints whose routes wait for their firewall chains."""
+        return len(self._waiting)
 
     def endpoint_rows(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []

@@ -26,9 +26,12 @@ import abc
 import enum
 import errno
 import logging
+import time
 from collections.abc import Hashable, Iterable, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from l3hostd.metrics_hist import APPLY_BUCKETS, Histogram
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -55,6 +58,12 @@ class ReconcilerStats:
     resyncs: int = 0
     last_apply_seconds: float = 0.0
     last_error: str = ""
+    #: duration of every apply that wrote something (one batch), for the metrics
+    apply_seconds: Histogram = field(default_factory=lambda: Histogram(APPLY_BUCKETS))
+
+    def observe_apply(self, seconds: float) -> None:
+        self.last_apply_seconds = seconds
+        self.apply_seconds.observe(seconds)
 
 
 @dataclass(slots=True)
@@ -247,7 +256,9 @@ class Reconciler(abc.ABC, Generic[K, V]):
             return 0
         self.stats.applies += 1
         started = len(deletes) + len(adds)
+        t0 = time.monotonic()
         errnos = await self._write(deletes, adds)
+        self.stats.observe_apply(time.monotonic() - t0)
         self.stats.writes += len(errnos)
         failed: dict[K, int] = {}
         for (key, _), err in zip(deletes, errnos[: len(deletes)], strict=True):

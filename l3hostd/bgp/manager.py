@@ -24,6 +24,15 @@ Graceful restart (RFC 4724), both roles:
 
 Max-prefix: a peer that sends more than ``max_prefixes`` accepted paths gets a
 NOTIFICATION Cease / Maximum Number of Prefixes Reached (RFC 4486) and its paths go.
+
+Reload (:meth:`BgpManager.reconfigure`, planned by :mod:`l3hostd.reload`): a peer whose
+session settings did not change is not touched; a removed peer gets Cease / Peer
+De-configured, a changed one Cease / Other Configuration Change and a new session (RFC
+4486); an added one is started. An import filter change is applied to the Adj-RIB-In at
+once (paths the new filter refuses go, without a session reset); since only accepted paths
+are stored, a filter that may now admit more sends ROUTE-REFRESH (RFC 2918) to each
+Established peer -- or, for a peer that did not negotiate it, resets its session, as BIRD
+does. Export changes (communities, kernel-learn interfaces) re-announce what changed.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address
 
 from l3hostd.bgp import fsm
 from l3hostd.bgp.adj_rib_out import AdjRibOut, Export, ExportPolicy
@@ -44,6 +53,8 @@ from l3hostd.bgp.flow import Backpressure
 from l3hostd.bgp.messages import (
     CEASE_ADMIN_SHUTDOWN,
     CEASE_MAX_PREFIXES,
+    CEASE_OTHER_CONFIGURATION_CHANGE,
+    CEASE_PEER_DECONFIGURED,
     FAMILY_NAMES,
     IPV4_UNICAST,
     IPV6_UNICAST,
@@ -52,14 +63,16 @@ from l3hostd.bgp.messages import (
     Negotiated,
     Notification,
 )
-from l3hostd.bgp.rib import AdjRibIn, ImportPolicy, MaxPrefixExceeded, SelectionDelta, prefix_key
+from l3hostd.bgp.rib import AdjRibIn, MaxPrefixExceeded, SelectionDelta, prefix_key, refilter
 from l3hostd.bgp.speaker import LOW_WATER
-from l3hostd.config import Config, PeerConfig
 from l3hostd.dataplane import Dataplane
+from l3hostd.metrics_hist import Histogram
 from l3hostd.model import HostRoute, IPAddress, IPNetwork, RouteKey
 from l3hostd.netlink.kernel import Kernel
 from l3hostd.netlink.learned import LearnedRouteReconciler
 from l3hostd.netlink.routewatch import KernelRouteWatch
+from l3hostd.reload import ReloadPlan, import_policy, policy_widens
+from l3hostd.settings import Config, PeerConfig
 
 log = logging.getLogger("l3hostd.bgp")
 
@@ -73,6 +86,7 @@ class PeerRuntime:
     speaker: object  # PeerSpeaker (typed loosely: created inside the running loop)
     adj_out: AdjRibOut
     codec: Codec
+    password: bytes | None = None  # the TCP-MD5 key in force (a reload compares it)
     negotiated: Negotiated | None = None
     eor_received: set[Family] = field(default_factory=set)
     eor_sent: bool = False
@@ -81,6 +95,13 @@ class PeerRuntime:
     last_down: str = ""
     updates_received: int = 0
     updates_sent: int = 0
+    # prefix-level counters for the metrics (BIRD's "Route change stats"), per message
+    announced_rx: int = 0
+    withdrawn_rx: int = 0
+    announced_tx: int = 0
+    withdrawn_tx: int = 0
+    max_prefix_hits: int = 0
+    pending_since: float | None = None  # first unsent export change (event-to-announce)
     stale_timer: asyncio.TimerHandle | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     sender: asyncio.Task[None] | None = None
@@ -93,29 +114,14 @@ class BgpManager:
         self.kernel = kernel
         bgp = config.bgp
         imp = bgp.import_
-        own = {p.source_address for p in bgp.peers if p.source_address is not None}
-        self.rib = AdjRibIn(policy=ImportPolicy(
-            accept=tuple(ip_network(str(p)) for p in imp.accept),
-            reject=tuple(ip_network(str(p)) for p in imp.reject),
-            allow_default=imp.allow_default,
-            router_id=IPv4Address(str(config.node.router_id)),
-            own_addresses=frozenset(own),
-        ))
+        self.rib = AdjRibIn(policy=import_policy(config))
         self.learned = LearnedRouteReconciler(kernel, self.rib, table=imp.table_id)
         gr = bgp.graceful_restart
         self.learned.protect_unwanted = gr.enabled  # adopt until the peers' End-of-RIB
         dataplane.add_reconciler(self.learned)
-        self.backpressure = Backpressure(
-            lambda: self.learned.dirty_count,
-            lambda: [peer.speaker for peer in self.peers.values()],  # type: ignore[misc]
-        )
-        dataplane.pass_listeners.append(self.backpressure.after_pass)
         dataplane.route_listeners.append(self._on_local_routes)
         dataplane.link_down_listeners.append(self._on_link_down)
-        self.export_policy = ExportPolicy(
-            communities=tuple((a << 16) | b for a, b in bgp.export.standard_communities),
-            large_communities=bgp.export.large_communities,
-        )
+        self.export_policy = _export_policy(config)
         self.watch = KernelRouteWatch(bgp.export.interfaces, imp.table_id, self._on_kernel_route)
         self._endpoint_exports: dict[int, Export] = {}
         self._kernel_exports: dict[int, Export] = {}
@@ -128,12 +134,22 @@ class BgpManager:
         self.drained = False
         self._drain_timer: asyncio.TimerHandle | None = None
         self.max_prefix_events = 0
+        # Latencies (see l3hostd.metrics): an input (TAP, endpoint file, kernel route) to
+        # its UPDATE written to the peer; an UPDATE received to the routes it changed in
+        # the kernel. Observed once per burst, never per route.
+        self.announce_latency = Histogram()
+        self.install_latency = Histogram()
+        self._received_at: float | None = None
+        dataplane.pass_listeners.append(self._after_pass)
+        self.backpressure = Backpressure(
+            lambda: self.learned.dirty_count,
+            lambda: [peer.speaker for peer in self.peers.values()],  # type: ignore[misc]
+        )
+        dataplane.pass_listeners.append(self.backpressure.after_pass)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        from l3hostd.bgp.speaker import PeerSpeaker
-
         self.watch.start()
         loop = asyncio.get_running_loop()
         gr = self.config.bgp.graceful_restart
@@ -141,33 +157,59 @@ class BgpManager:
             self._protection_timer = loop.call_later(gr.restart_time, self._release_protection,
                                                      "restart time over")
         for peer in self.config.bgp.peers:
-            self.rib.add_peer(peer.name, self.config.bgp.import_.max_prefixes)
-            families = frozenset(FAMILIES[f] for f in peer.families)
-            session_config = fsm.SessionConfig(
-                local_asn=self.config.node.asn,
-                peer_asn=peer.asn,
-                router_id=IPv4Address(str(self.config.node.router_id)),
-                hold_time=self.config.bgp.hold_time_for(peer),
-                keepalive_time=self.config.bgp.keepalive_time_for(peer),
-                connect_retry_time=self.config.bgp.connect_retry_time,
-                families=families,
-                add_path_receive=peer.add_path_receive,
-                graceful_restart=gr.enabled,
-                restart_time=gr.restart_time,
-                restarting=self.restarting,
-            )
-            codec = Codec(self.config.node.asn, peer.asn)
-            session = fsm.Session(session_config, codec, random.Random())
-            speaker = PeerSpeaker(
-                peer.name, peer.address, peer.port, peer.source_address, peer.multihop,
-                peer.read_password(), session, self._on_event,
-            )
-            runtime = PeerRuntime(peer, speaker, AdjRibOut(families, self.export_policy), codec)
-            self.peers[peer.name] = runtime
-            runtime.sender = asyncio.create_task(self._sender(runtime), name=f"bgp-tx-{peer.name}")
-            speaker.start()
+            self._start_peer(peer, peer.read_password(), self.restarting)
         if not self.peers:
             self._release_protection("no peers")
+
+    def _start_peer(self, peer: PeerConfig, password: bytes | None, restarting: bool) -> None:
+        from l3hostd.bgp.speaker import PeerSpeaker
+
+        bgp = self.config.bgp
+        gr = bgp.graceful_restart
+        self.rib.add_peer(peer.name, bgp.import_.max_prefixes)
+        families = frozenset(FAMILIES[f] for f in peer.families)
+        session_config = fsm.SessionConfig(
+            local_asn=self.config.node.asn,
+            peer_asn=peer.asn,
+            router_id=IPv4Address(self.config.node.router_id),
+            hold_time=bgp.hold_time_for(peer),
+            keepalive_time=bgp.keepalive_time_for(peer),
+            connect_retry_time=bgp.connect_retry_time,
+            families=families,
+            add_path_receive=peer.add_path_receive,
+            graceful_restart=gr.enabled,
+            restart_time=gr.restart_time,
+            restarting=restarting,
+        )
+        codec = Codec(self.config.node.asn, peer.asn)
+        session = fsm.Session(session_config, codec, random.Random())
+        speaker = PeerSpeaker(
+            peer.name, peer.address, peer.port, peer.source_address, peer.multihop,
+            password, session, self._on_event,
+        )
+        policy = ExportPolicy(self.export_policy.communities,
+                              self.export_policy.large_communities, self.draining, self.drained)
+        runtime = PeerRuntime(peer, speaker, AdjRibOut(families, policy), codec, password)
+        self.peers[peer.name] = runtime
+        runtime.sender = asyncio.create_task(self._sender(runtime), name=f"bgp-tx-{peer.name}")
+        speaker.start()
+
+    def _stop_peer(self, name: str, cease_subcode: int) -> PeerRuntime:
+        """Take a peer out (reload): NOTIFICATION Cease with ``cease_subcode``, its routes
+        go now (a Cease ends graceful restart, RFC 4724 §4.2), its tasks and timers end."""
+        peer = self.peers.pop(name)  # first: the speaker's last events are ignored
+        peer.speaker.stop(Notification(ErrorCode.CEASE, cease_subcode))  # type: ignore[attr-defined]
+        peer.speaker.close()  # type: ignore[attr-defined]  # the NOTIFICATION is already queued
+        if peer.sender is not None:
+            peer.sender.cancel()
+        if peer.stale_timer is not None:
+            peer.stale_timer.cancel()
+            peer.stale_timer = None
+        peer.negotiated = None
+        peer.adj_out.session_down()
+        self._apply(self.rib.peer_down(name))
+        self._apply(self.rib.sweep_stale(name))
+        return peer
 
     async def run_watch(self) -> None:
         """Keep the kernel-learn watcher in sync (its overflow / new devices)."""
@@ -225,6 +267,7 @@ class BgpManager:
             key = prefix_key(rk.dst)
             self._endpoint_exports[key] = Export(route.dst, 0, "endpoint")
             self._export_changed(key)
+        self._stamp_pending(self.dataplane.pass_input_at)
         self._kick_senders()
 
     def _on_kernel_route(self, prefix: IPNetwork, metric: int | None) -> None:
@@ -234,7 +277,23 @@ class BgpManager:
         else:
             self._kernel_exports[key] = Export(prefix, metric, "kernel")
         self._export_changed(key)
+        self._stamp_pending(time.monotonic())
         self._kick_senders()
+
+    def _stamp_pending(self, event_at: float | None) -> None:
+        """Start the event-to-announce clock of peers that now have something to send
+        (only in the steady state: the initial table is not an event's latency)."""
+        if event_at is None:
+            return
+        for peer in self.peers.values():
+            if peer.pending_since is None and peer.eor_sent and peer.adj_out.pending:
+                peer.pending_since = event_at
+
+    def _announced(self, peer: PeerRuntime) -> None:
+        """The peer's Adj-RIB-Out is drained: stop its event-to-announce clock."""
+        if peer.pending_since is not None and not peer.adj_out.pending:
+            self.announce_latency.observe(time.monotonic() - peer.pending_since)
+            peer.pending_since = None
 
     def _export_changed(self, key: int) -> None:
         export = self._endpoint_exports.get(key) or self._kernel_exports.get(key)
@@ -266,7 +325,10 @@ class BgpManager:
                 announce, withdraw = adj.take(256)
                 messages = peer.codec.encode_updates(announce, withdraw)
                 peer.updates_sent += len(messages)
+                peer.announced_tx += len(announce)
+                peer.withdrawn_tx += len(withdraw)
                 speaker.send(messages)  # type: ignore[attr-defined]
+                self._announced(peer)
             else:
                 peer.wake.set()
 
@@ -321,7 +383,10 @@ class BgpManager:
                 announce, withdraw = peer.adj_out.take(SLICE)
                 messages = peer.codec.encode_updates(announce, withdraw)
                 peer.updates_sent += len(messages)
+                peer.announced_tx += len(announce)
+                peer.withdrawn_tx += len(withdraw)
                 speaker.send(messages)  # type: ignore[attr-defined]
+                self._announced(peer)
                 await speaker.writable()  # type: ignore[attr-defined]
                 await asyncio.sleep(0)
             if not peer.eor_sent and peer.adj_out.active and peer.negotiated is not None:
@@ -333,7 +398,9 @@ class BgpManager:
     # ---- session events -----------------------------------------------------------------------
 
     def _on_event(self, speaker: object, event: object) -> None:
-        peer = self.peers[speaker.name]  # type: ignore[attr-defined]
+        peer = self.peers.get(speaker.name)  # type: ignore[attr-defined]
+        if peer is None or peer.speaker is not speaker:
+            return  # a speaker a reload stopped (its name may be reused already)
         if isinstance(event, fsm.Established):
             self._established(peer, event.negotiated)
         elif isinstance(event, fsm.UpdateReceived):
@@ -368,7 +435,10 @@ class BgpManager:
 
     def _update(self, peer: PeerRuntime, event: fsm.UpdateReceived) -> None:
         update = event.update
+        received_at = time.monotonic()
         peer.updates_received += 1
+        peer.announced_rx += len(update.announced)
+        peer.withdrawn_rx += len(update.withdrawn)
         if update.end_of_rib is not None:
             self._end_of_rib(peer, update.end_of_rib)
             return
@@ -378,16 +448,22 @@ class BgpManager:
         try:
             delta = self.rib.apply_update(peer.config.name, update)
         except MaxPrefixExceeded as exc:
-            self.max_prefix_events += 1
-            log.error("peer %s: %s; sending Cease/Maximum Number of Prefixes Reached and "
-                      "dropping its routes", peer.config.name, exc)
-            peer.speaker.stop(  # type: ignore[attr-defined]
-                Notification(ErrorCode.CEASE, CEASE_MAX_PREFIXES)
-            )
-            peer.speaker.start()  # type: ignore[attr-defined]  # reconnect after idle hold
+            self._max_prefixes_exceeded(peer, str(exc))
             return
         self._apply(delta)
         self.backpressure.after_input()
+        if self._received_at is None and self.learned.dirty_count:
+            self._received_at = received_at  # kernel work to do: time it (_after_pass)
+
+    def _max_prefixes_exceeded(self, peer: PeerRuntime, why: str) -> None:
+        self.max_prefix_events += 1
+        peer.max_prefix_hits += 1
+        log.error("peer %s: %s; sending Cease/Maximum Number of Prefixes Reached and "
+                  "dropping its routes", peer.config.name, why)
+        peer.speaker.stop(  # type: ignore[attr-defined]
+            Notification(ErrorCode.CEASE, CEASE_MAX_PREFIXES)
+        )
+        peer.speaker.start()  # type: ignore[attr-defined]  # reconnect after idle hold
 
     def _end_of_rib(self, peer: PeerRuntime, family: Family) -> None:
         peer.eor_received.add(family)
@@ -405,6 +481,7 @@ class BgpManager:
         gr = peer.negotiated.peer_graceful_restart if peer.negotiated else None
         peer.negotiated = None
         peer.adj_out.session_down()
+        peer.pending_since = None
         if not was_up:
             return
         peer.flaps += 1
@@ -436,6 +513,16 @@ class BgpManager:
             select(key, old, new)
         self.dataplane.wake()
 
+    def _after_pass(self) -> None:
+        """After a dataplane pass: if the learned routes have nothing left to write now,
+        the UPDATEs received since ``_received_at`` are in the kernel."""
+        if self._received_at is None or not self.learned.in_sync:
+            return
+        now = time.monotonic()
+        if not self.learned.pending(now):
+            self.install_latency.observe(now - self._received_at)
+            self._received_at = None
+
     def _maybe_release_protection(self) -> None:
         if not self.learned.protect_unwanted:
             return
@@ -452,6 +539,71 @@ class BgpManager:
             log.info("learned routes converged (%s): sweeping stale ones", why)
             self.learned.release_protection()
             self.dataplane.wake()
+
+    # ---- reload -------------------------------------------------------------------------------
+
+    def passwords(self) -> dict[IPAddress, bytes | None]:
+        """The TCP-MD5 key in force per peer address (a reload compares the new ones)."""
+        return {peer.config.address: peer.password for peer in self.peers.values()}
+
+    def reconfigure(
+        self, config: Config, plan: ReloadPlan, passwords: Mapping[IPAddress, bytes | None]
+    ) -> list[str]:
+        """Apply a reload planned by :func:`l3hostd.reload.plan` (``passwords``: the keys
+        just read, per peer address). Returns a line for each action beyond the plan's own
+        lines (paths filtered, route refresh sent, sessions reset)."""
+        notes: list[str] = []
+        self.config = config
+        for peer_config in plan.removed:
+            self._stop_peer(peer_config.name, CEASE_PEER_DECONFIGURED)
+        for restart in plan.restarted:
+            self._stop_peer(restart.old.name, CEASE_OTHER_CONFIGURATION_CHANGE)
+        # import: filter what is stored now; ask again for what the old filter refused
+        policy = import_policy(config)
+        widens = policy_widens(self.rib.policy, policy)
+        if policy != self.rib.policy:
+            before = sum(p.count for p in self.rib.peers.values())
+            self._apply(refilter(self.rib, policy))
+            dropped = before - sum(p.count for p in self.rib.peers.values())
+            if dropped or plan.changed(
+                "bgp.import.accept", "bgp.import.reject", "bgp.import.allow_default"
+            ):
+                notes.append(f"import filter applied to the Adj-RIB-In: {dropped} paths "
+                             "removed")
+        limit = config.bgp.import_.max_prefixes
+        for peer in list(self.peers.values()):
+            if self.rib.add_peer(peer.config.name, limit).count > limit:
+                self._max_prefixes_exceeded(peer, f"more than {limit} prefixes (reload)")
+        # export: communities (the drain state stays) and kernel-learn interfaces
+        export_policy = _export_policy(config)
+        if export_policy != self.export_policy:
+            self.export_policy = export_policy
+            self.set_drain(self.draining, self.drained)  # re-announces what changed
+        self.watch.patterns = tuple(config.bgp.export.interfaces)  # the daemon re-reads links
+        established = [peer for peer in self.peers.values() if peer.negotiated is not None]
+        for restart in plan.restarted:
+            self._start_peer(restart.new, passwords.get(restart.new.address), False)
+        for peer_config in plan.added:
+            self._start_peer(peer_config, passwords.get(peer_config.address), False)
+        if widens:
+            notes += [self._refresh(peer) for peer in established]
+        self._maybe_release_protection()
+        self._kick_senders()
+        return notes
+
+    def _refresh(self, peer: PeerRuntime) -> str:
+        """Have the peer send its routes again: ROUTE-REFRESH (RFC 2918) per family, or a
+        session reset if it did not negotiate it."""
+        name = peer.config.name
+        negotiated = peer.negotiated
+        if negotiated is not None and negotiated.route_refresh:
+            for family in sorted(negotiated.families):
+                peer.speaker.request_route_refresh(family)  # type: ignore[attr-defined]
+            return f"peer {name}: ROUTE-REFRESH sent (the import filter may admit more)"
+        self._stop_peer(name, CEASE_OTHER_CONFIGURATION_CHANGE)
+        self._start_peer(peer.config, peer.password, False)
+        return (f"peer {name}: restarting the session: the import filter may admit more and "
+                "the peer does not support ROUTE-REFRESH")
 
     # ---- views --------------------------------------------------------------------------------
 
@@ -476,3 +628,11 @@ class BgpManager:
                 "last_error": peer.last_down or getattr(peer.speaker, "last_error", ""),
             })
         return rows
+
+
+def _export_policy(config: Config) -> ExportPolicy:
+    export = config.bgp.export
+    return ExportPolicy(
+        communities=tuple((a << 16) | b for a, b in export.standard_communities),
+        large_communities=export.large_communities,
+    )
