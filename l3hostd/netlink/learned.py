@@ -248,6 +248,11 @@ class LearnedRouteReconciler(Reconciler[int, int]):
     def set_desired(self, key: int, value: int | None) -> None:
         raise TypeError("learned routes follow the RIB: use LearnedRouteReconciler.select")
 
+    def _shrink(self) -> None:
+        super()._shrink()
+        if not self.installed.drift:  # a dict keeps the table of its largest size, too
+            self.installed.drift = {}
+
     def release_protection(self) -> None:
         if self.protect_unwanted:
             self.protect_unwanted = False
