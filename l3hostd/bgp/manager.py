@@ -437,7 +437,7 @@ class BgpManager:
         update = event.update
         received_at = time.monotonic()
         peer.updates_received += 1
-        peer.announced_rx += len(update.announced)
+        peer.announced_rx += update.announced_count
         peer.withdrawn_rx += len(update.withdrawn)
         if update.end_of_rib is not None:
             self._end_of_rib(peer, update.end_of_rib)

@@ -29,31 +29,18 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address
 from typing import Generic, TypeVar
 
 from l3hostd.bgp.messages import PathAttributes, Route, Update
+from l3hostd.bgp.messages import key_is_v6 as key_is_v6  # re-exported: the RIB's keys
+from l3hostd.bgp.messages import key_prefix as key_prefix
+from l3hostd.bgp.messages import prefix_key as prefix_key
 from l3hostd.model import IPAddress, IPNetwork
 
 T = TypeVar("T", bound=Hashable)
 
 # ---- compact keys ------------------------------------------------------------------------
-
-
-def prefix_key(prefix: IPNetwork) -> int:
-    """One int per prefix: address, length and family; unique across families."""
-    return (int(prefix.network_address) << 9) | (prefix.prefixlen << 1) | (prefix.version == 6)
-
-
-def key_prefix(key: int) -> IPNetwork:
-    plen = (key >> 1) & 0xFF
-    if key & 1:
-        return IPv6Network((key >> 9, plen))
-    return IPv4Network((key >> 9, plen))
-
-
-def key_is_v6(key: int) -> bool:
-    return bool(key & 1)
 
 
 class Interner(Generic[T]):
@@ -274,42 +261,70 @@ class AdjRibIn:
         last_attrs: object = None
         verdict = ""
         via_bits = 0
-        announced = 0
+        announced = len(update.announced)
+        store = self._store
         for route in update.announced:
-            announced += 1
-            prefix = route.prefix
-            key = prefix_key(prefix)
-            ident = peer_bits | route.path_id
             if route.next_hop is not last_nh or route.attributes is not last_attrs:
                 last_nh, last_attrs = route.next_hop, route.attributes
-                verdict = policy.admits_path(route.next_hop, route.attributes)
-                via_bits = (self.next_hops.add(route.next_hop) << _NH_SHIFT) | (
-                    self.attributes.add(route.attributes)
-                )
-            refused = verdict
-            if not refused and (prefix_checks or not prefix.prefixlen):
-                refused = policy.admits_prefix(prefix)
-            have = paths.get(key)
-            if key not in touched:
-                touched[key] = None if have is None else select(have)
-            if refused:
-                peer.filtered += 1
-                self.stats.filtered += 1
-                if self._remove(key, ident):  # an implicit withdraw of the earlier path
-                    peer.count -= 1
-                continue
-            path = (ident << _PID_SHIFT) | via_bits
-            path = shared.setdefault(path, path)
-            if have is None:  # the common case of a bulk load: a new prefix
-                paths[key] = path
-                peer.count += 1
-            elif self._put(key, ident, path):
-                peer.count += 1
+                verdict, via_bits = self._via(route.next_hop, route.attributes)
+            store(peer, prefix_key(route.prefix), peer_bits | route.path_id, via_bits, verdict,
+                  touched, shared, prefix_checks)
+        packed = update.packed
+        if packed is not None:
+            announced += len(packed.keys)
+            verdict, via_bits = self._via(packed.next_hop, packed.attributes)
+            pids = packed.path_ids
+            if pids is None:
+                for key in packed.keys:
+                    store(peer, key, peer_bits, via_bits, verdict, touched, shared,
+                          prefix_checks)
+            else:
+                for key, pid in zip(packed.keys, pids, strict=True):
+                    store(peer, key, peer_bits | pid, via_bits, verdict, touched, shared,
+                          prefix_checks)
         self.stats.announced += announced
         delta = self._reselect(touched)
         if peer.count > peer.max_prefixes:
             raise MaxPrefixExceeded(peer.name, peer.max_prefixes)
         return delta
+
+    def _via(self, next_hop: IPAddress, attributes: PathAttributes) -> tuple[str, int]:
+        """The policy verdict on a next hop + attribute set, and their packed indexes."""
+        verdict = self.policy.admits_path(next_hop, attributes)
+        return verdict, (self.next_hops.add(next_hop) << _NH_SHIFT) | self.attributes.add(
+            attributes)
+
+    def _store(
+        self,
+        peer: PeerState,
+        key: int,
+        ident: int,
+        via_bits: int,
+        refused: str,
+        touched: dict[int, int | None],
+        shared: dict[int, int],
+        prefix_checks: object,
+    ) -> None:
+        """One announced path: filtered, or stored (new, replacing, or the same again)."""
+        if not refused and (prefix_checks or not (key >> 1) & 0xFF):
+            refused = self.policy.admits_prefix(key_prefix(key))
+        paths = self.paths
+        have = paths.get(key)
+        if key not in touched:
+            touched[key] = None if have is None else self._select(have)
+        if refused:
+            peer.filtered += 1
+            self.stats.filtered += 1
+            if self._remove(key, ident):  # an implicit withdraw of the earlier path
+                peer.count -= 1
+            return
+        path = (ident << _PID_SHIFT) | via_bits
+        path = shared.setdefault(path, path)
+        if have is None:  # the common case of a bulk load: a new prefix
+            paths[key] = path
+            peer.count += 1
+        elif self._put(key, ident, path):
+            peer.count += 1
 
     def _put(self, key: int, ident: int, path: int) -> bool | None:
         """True: new path; False: replaced one; None: the same path was already there."""

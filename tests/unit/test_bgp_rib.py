@@ -164,3 +164,30 @@ def test_selection_matches_a_naive_model(script: list[tuple[str, bool, int, int,
             top = max(lp for _, lp in paths)
             want = {nh for nh, lp in paths if lp == top}
         assert hops(rib, f"10.9.0.{p}/32") == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["10.9.0.1/32", "10.9.0.2/32", "0.0.0.0/0",
+                                           "10.8.0.0/16", "192.0.2.9/32"]),
+                          st.integers(0, 3)), max_size=8),
+       st.sampled_from(["100.64.2.1", "100.64.1.1"]), st.booleans())
+def test_packed_routes_are_stored_exactly_like_route_objects(
+        items: list[tuple[str, int]], nh: str, add_path: bool) -> None:
+    """The codec's compact form and the route form give the same RIB, filters included
+    (default route, own next hop)."""
+    from l3hostd.bgp.messages import PackedRoutes
+
+    attrs = PathAttributes(local_pref=200)
+    items = list(dict.fromkeys(items if add_path else [(p, 0) for p, _ in items]))
+    routes = tuple(Route(ip_network(p), pid, ip_address(nh), attrs) for p, pid in items)
+    packed = PackedRoutes(tuple(prefix_key(ip_network(p)) for p, _ in items),
+                          tuple(pid for _, pid in items) if add_path else None,
+                          ip_address(nh), attrs)
+    assert packed.routes() == routes
+    one, two = make(), make()
+    d1 = one.apply_update("rr1", Update(announced=routes))
+    d2 = two.apply_update("rr1", Update(packed=packed))
+    assert d1 == d2 and one.paths == two.paths
+    assert one.peers["rr1"].count == two.peers["rr1"].count
+    assert one.peers["rr1"].filtered == two.peers["rr1"].filtered
+    assert Update(packed=packed).announced_count == len(routes)
