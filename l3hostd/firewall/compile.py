@@ -1,65 +1,81 @@
-"""Security groups -> nftables text. Pure: no IO; the same input always gives the same bytes.
+"""Security groups -> nftables. Pure: no IO; the same input always gives the same bytes.
 
 How it works
 ------------
-Everything lives in ``table inet <table>`` plus a small ``table arp <table>`` (nothing else is
-ever touched)::
+Rules live in chains per *security group* and per *profile* (a distinct combination of
+groups); an endpoint is only set/map elements keyed by its TAP name. So the number of
+chains is O(groups + combinations), not O(endpoints), and one endpoint coming, going or
+changing is a handful of elements (:mod:`l3hostd.firewall.elements`), which the daemon
+writes over netlink without nft. Everything lives in ``table inet <table>`` plus a small
+``table arp <table>`` (nothing else is ever touched)::
 
     table inet l3hostd
-      set taps            type ifname           managed TAP names
-      map from_vm/to_vm   ifname : verdict      TAP -> its per-endpoint chain
-      set g4-<group>/g6-<group>                 a remote group's members (local + other
-                                                hosts), type ``nf_proto . addr``, interval
-      chain from-<id>     VM -> anywhere: source MAC, source IP (one rule AND-ing
-                          ``ip saddr != a`` over the endpoint's IPs and allowed address
-                          pairs), conntrack, egress rules ending in ``return`` (so the
-                          destination VM's ingress chain still runs), drop
-      chain to-<id>       anywhere -> VM: conntrack, ingress rules ``accept``, drop
-      chain filter-forward   hook forward: an unknown TAP (matches a pattern, not in @taps)
-                             is dropped both ways; ``iifname vmap @from_vm``;
-                             ``oifname vmap @to_vm``
-      chain filter-input     hook input: traffic from TAPs -> ``vm-to-host``
-      chain vm-to-host       established/related, DHCP, DNS, metadata (after DNAT),
-                             IPv6 ND; everything else dropped
-      chain nat-prerouting   hook prerouting (dstnat): 169.254.169.254:80 -> metadata_address
+      set taps                 ifname              managed TAPs
+      set src_mac              ifname . ether_addr the source MAC each TAP may use
+      set src4 / src6          ifname . ipvX_addr  its IPs + allowed address pairs (hash)
+      set src4net / src6net    ifname . ipvX_addr  pairs that are prefixes (interval)
+      map from_vm / to_vm      ifname : verdict    TAP -> jump prof-<p>-out / prof-<p>-in
+      set g4-<g> / g6-<g>      ipvX_addr           a remote group's members (hash)
+      set g4n-<g> / g6n-<g>    nf_proto . addr     its members that are prefixes (interval)
+      chain sg-<g>-in          one group's ingress rules: ``<match> accept``
+      chain sg-<g>-out         its egress rules: ``<match> goto vm-egress-ok``
+      chain prof-<p>-in/-out   ``jump sg-<g>-in`` for each group of the profile, then drop
+      chain vm-source          anti-spoofing: (iifname . ether saddr) must be in src_mac,
+                               (iifname . ip saddr) in src4 or src4net, same for IPv6
+      chain vm-egress          from a managed TAP: ct established/related -> egress ok,
+                               invalid drop, ``iifname vmap @from_vm``, drop
+      chain vm-egress-ok       egress allowed: to a managed TAP -> ``goto vm-ingress`` (the
+                               destination VM's ingress still runs), else accept
+      chain vm-ingress         to a managed TAP: ct established/related accept, invalid
+                               drop, ``oifname vmap @to_vm``, drop
+      chain filter-forward     hook forward: a TAP-pattern interface not in @taps is
+                               dropped both ways; from a TAP: vm-source, then vm-egress;
+                               to a TAP: vm-ingress
+      chain filter-input       hook input: traffic from TAPs -> ``vm-to-host``
+      chain vm-to-host         established/related, DHCP, then (sender checked by
+                               vm-source) DNS, metadata (after DNAT), IPv6 ND; else drop
+      chain nat-prerouting     hook prerouting (dstnat): 169.254.169.254:80 -> metadata_address
     table arp l3hostd
-      map from_vm, chain from-<id>   a VM may only claim its own IPv4s / allowed pairs
-      chain input                    hook input: sender 0.0.0.0 (probe) allowed, dispatch,
-                                     any other ARP from a TAP pattern dropped
+      set taps, src4, src4net  as above: the IPv4s a TAP may claim
+      chain input              hook input: sender 0.0.0.0 (probe) allowed from TAP
+                               patterns, (iifname . sender) in @src4 accepted, any other
+                               ARP from a TAP pattern or a managed TAP dropped
 
-DHCP from 0.0.0.0 reaches the host through the input hook, which has no anti-spoofing
-(only the service allow-list), so it is not blocked. DNAT to 127.0.0.1 from a TAP needs
+Neutron semantics: a packet is allowed if ANY rule of ANY of the endpoint's groups allows
+it. Ingress: a group chain's ``accept`` is final; a group chain that matches nothing
+returns to the profile chain, which tries the next group and drops at the end. Egress must
+not end in ``accept`` (the destination VM's ingress has to run when both are local), and a
+``return`` from a group chain would only return to the profile chain; so an allowing egress
+rule does ``goto vm-egress-ok``, which continues with the destination's ingress or
+accepts (what the forward chain's policy would do). Stateful (conntrack), default drop,
+closed by default: a TAP-pattern interface with no elements passes nothing; a managed TAP
+whose dispatch entry is missing is dropped by vm-egress / vm-ingress.
+
+DHCP from 0.0.0.0 reaches the host through the input hook before the anti-spoofing (only
+the service allow-list applies to it). DNAT to 127.0.0.1 from a TAP needs
 ``net.ipv4.conf.<tap>.route_localnet=1``.
 
-Why this shape (measured with nft 1.0.6, see bench/firewall.py and DESIGN.md):
+Why this shape (measured with nft 1.0.6, see bench/firewall.py and DESIGN.md): nft
+re-fetches its cache -- every chain and rule, for element commands every set's elements --
+before each command, so with per-endpoint chains any change cost 7-14 ms at 5,000
+endpoints. With chains per group and profile the table has few chains, and endpoint
+changes bypass nft entirely. No rule contains an anonymous set (``{a, b}``: nft's
+evaluation explodes with many of them). Host addresses are in hash sets, prefixes in
+separate interval sets: a deletion from an interval set (pipapo) costs 11-20 ms on this
+kernel, from a hash set 0.01 ms. Every interval set is a concatenation (pipapo), which nft
+1.0.6 does not dump before an ``add element`` either (it does dump plain interval sets).
 
-* verdict maps + per-endpoint chains keep loading linear; anonymous sets (``{a, b}``) in
-  per-endpoint rules make nft's evaluation explode, so no rule contains one (set
-  *declarations* carry ``elements = { .. }``, a different thing);
-* before any ``add element``, nft 1.0.6 dumps the elements of every *non-concatenated
-  interval* set in the ruleset (cache flag SETELEM_MAYBE, one netlink dump per set): with
-  two such sets per endpoint one change cost ~140 ms at 1,000 endpoints. So endpoints have
-  no sets at all (the anti-spoofing rule lists the few allowed sources), and group sets,
-  which need prefixes, are concatenated (``nf_proto . ipv4_addr``), which that dump skips.
-
-Idempotency: an endpoint's ``add_script`` creates what is missing (``add`` of an existing
-object is not an error), ``flush``-es its own chains and refills them, then adds its map
-elements: on the current kernel state it changes nothing, on an older version it is a
-replace, in one transaction. ``delete_script`` first *adds* everything it deletes (nft
-1.0.6 has no ``destroy``), so deleting what is already gone is not an error; then it deletes
-map elements, then chains. Group sets are shared: ``add_script`` creates the ones it
-references (empty, if missing); :func:`group_set_script` fills them.
-
-Digest: nft 1.0.6 ignores the comment of ``add chain`` on an existing chain and does not
-show chain comments in ``nft -j`` output, so the digest is the comment of the *first rule*
-of each per-endpoint chain (``comment "l3hostd:<digest>"``): it is rewritten with the rules
-and read back by :func:`l3hostd.firewall.nft.read_table`.
+Digests: each group or profile chain ends with a rule carrying ``comment
+"l3hostd:<digest>"`` (nft 1.0.6 shows no chain comments in ``nft -j``), read back by
+:func:`l3hostd.firewall.nft.read_table`, so that a restart adopts chains that are right.
+Scripts are idempotent: ``add`` of an existing object is not an error, and a chain is
+``flush``-ed and refilled in the same transaction.
 
 Rules are sorted and de-duplicated (all are "allow": order does not matter), addresses are
 sorted and those covered by another element dropped (interval sets refuse overlaps), so
 the output is stable under any reordering of the input. A rule that cannot match (IPv6
 prefix in an IPv4 rule, ICMPv6 in an IPv4 rule, unknown protocol name) is left out, and a
-group an endpoint names but that is unknown contributes nothing: fail closed.
+group an endpoint names but that is unknown gets empty chains: it allows nothing.
 """
 
 from __future__ import annotations
@@ -68,15 +84,10 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import (
-    IPv4Address,
-    IPv4Network,
-    IPv6Network,
-    ip_address,
-    ip_network,
-)
+from ipaddress import IPv4Address, ip_address
 from typing import Final
 
+from l3hostd.firewall import elements as fwe
 from l3hostd.model import (
     Direction,
     Endpoint,
@@ -88,35 +99,56 @@ from l3hostd.model import (
 )
 
 __all__ = [
-    "EndpointRules",
     "FirewallSettings",
-    "arp_chain",
+    "GroupRules",
+    "Profile",
     "base_script",
-    "chain_names",
-    "compile_endpoint",
+    "compile_group",
+    "compile_profile",
+    "elements_script",
+    "endpoint_elements",
     "full_script",
-    "group_delta_script",
+    "gc_script",
+    "group_chains",
     "group_members",
-    "group_set_script",
+    "group_script",
     "group_sets",
+    "ident",
+    "profile_chains",
+    "profile_script",
 ]
 
 DIGEST_PREFIX: Final = "l3hostd:"
 METADATA_IP: Final = IPv4Address("169.254.169.254")
 
-# Base objects of the inet table.
-TAPS_SET: Final = "taps"
-FROM_VM_MAP: Final = "from_vm"
-TO_VM_MAP: Final = "to_vm"
+# Objects of the inet table (element-holding sets: see l3hostd.firewall.elements).
+TAPS_SET: Final = fwe.TAPS_SET
+FROM_VM_MAP: Final = fwe.FROM_VM_MAP
+TO_VM_MAP: Final = fwe.TO_VM_MAP
+SRC_MAC_SET: Final = fwe.SRC_MAC_SET
+SRC4_SET: Final = fwe.SRC4_SET
+SRC6_SET: Final = fwe.SRC6_SET
+SRC4_NET_SET: Final = fwe.SRC4_NET_SET
+SRC6_NET_SET: Final = fwe.SRC6_NET_SET
 FORWARD_CHAIN: Final = "filter-forward"
 INPUT_CHAIN: Final = "filter-input"
 VM_TO_HOST_CHAIN: Final = "vm-to-host"
 NAT_CHAIN: Final = "nat-prerouting"
-# Base objects of the arp table.
-ARP_MAP: Final = "from_vm"
-#: inet map: TAP -> its source check chain, used on the way to the host (input hook)
-SRC_VM_MAP: Final = "src_vm"
+SOURCE_CHAIN: Final = "vm-source"
+EGRESS_CHAIN: Final = "vm-egress"
+EGRESS_OK_CHAIN: Final = "vm-egress-ok"
+INGRESS_CHAIN: Final = "vm-ingress"
+# Objects of the arp table.
+ARP_TAPS_SET: Final = fwe.ARP_TAPS_SET
+ARP_SRC4_SET: Final = fwe.ARP_SRC4_SET
+ARP_SRC4_NET_SET: Final = fwe.ARP_SRC4_NET_SET
 ARP_INPUT_CHAIN: Final = "input"
+
+#: Every fixed (non-group, non-profile) chain of the inet table.
+FIXED_CHAINS: Final = frozenset({
+    FORWARD_CHAIN, INPUT_CHAIN, VM_TO_HOST_CHAIN, NAT_CHAIN,
+    SOURCE_CHAIN, EGRESS_CHAIN, EGRESS_OK_CHAIN, INGRESS_CHAIN,
+})
 
 _SIMPLE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
@@ -155,52 +187,40 @@ class FirewallSettings:
     table: str = "l3hostd"
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointRules:
-    endpoint_id: str
-    interface: str
-    digest: str  # short hash of everything below: equal digest == identical rules
-    add_script: str  # creates/replaces this endpoint's chains, sets and map elements
-    delete_script: str  # removes all of it (map elements first, then chains and sets)
-    groups: frozenset[str]  # remote groups its rules reference
-
-
 # ----------------------------------------------------------------------------- names
 
 
-def _ident(name: str) -> str:
-    """A stable, injective nft identifier fragment for an id or a group name: the name
-    itself when it is short lower-case alphanumerics/hyphens, else a sanitized prefix and a
-    hash (with ``_``, which the plain form never contains, so the two cannot collide)."""
+def ident(name: str) -> str:
+    """A stable, injective nft identifier fragment for a group name: the name itself
+    when it is short lower-case alphanumerics/hyphens, else a sanitized prefix and a hash
+    (with ``_``, which the plain form never contains, so the two cannot collide)."""
     if _SIMPLE_NAME.fullmatch(name):
         return name
     clean = re.sub(r"[^a-z0-9-]", "", name.lower())[:24]
     return f"{clean}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-@dataclass(frozen=True, slots=True)
-class ChainNames:
-    """The per-endpoint object names (stable across runs, unique per endpoint id)."""
-
-    egress: str  # inet chain: from the VM
-    ingress: str  # inet chain: to the VM
-    source: str  # inet chain: anti-spoofing only (VM -> host traffic)
-    arp: str  # arp chain
+def group_chains(group: str) -> tuple[str, str]:
+    """(ingress chain, egress chain) of a security group."""
+    return group_chains_of_ident(ident(group))
 
 
-def chain_names(endpoint_id: str) -> ChainNames:
-    i = _ident(endpoint_id)
-    return ChainNames(f"from-{i}", f"to-{i}", f"src-{i}", f"from-{i}")
+def group_chains_of_ident(i: str) -> tuple[str, str]:
+    return f"sg-{i}-in", f"sg-{i}-out"
 
 
-def arp_chain(endpoint_id: str) -> str:
-    return chain_names(endpoint_id).arp
+def group_sets(group: str) -> tuple[str, str, str, str]:
+    """The sets of a remote group: IPv4 and IPv6 host addresses, IPv4 and IPv6 prefixes."""
+    return sets_of_ident(ident(group))
 
 
-def group_sets(group: str) -> tuple[str, str]:
-    """(IPv4 set name, IPv6 set name) of a remote group."""
-    i = _ident(group)
-    return f"g4-{i}", f"g6-{i}"
+def sets_of_ident(i: str) -> tuple[str, str, str, str]:
+    return f"g4-{i}", f"g6-{i}", f"g4n-{i}", f"g6n-{i}"
+
+
+def profile_chains(pid: str) -> tuple[str, str]:
+    """(ingress chain, egress chain) of a profile."""
+    return f"prof-{pid}-in", f"prof-{pid}-out"
 
 
 # ----------------------------------------------------------------------------- values
@@ -234,26 +254,7 @@ def _mac(mac: str) -> str:
     return mac
 
 
-def _net_key(n: IPv4Network | IPv6Network) -> tuple[int, int, int]:
-    return (n.version, int(n.network_address), n.prefixlen)
-
-
-def _collapse(items: Iterable[IPAddress | IPNetwork], version: int) -> list[str]:
-    """Addresses/prefixes of one family, sorted, rendered for nft, without the ones another
-    element covers (interval sets refuse overlapping elements). Adjacent ones are *not*
-    merged, so that a member maps to one element and can be deleted on its own."""
-    nets = sorted({ip_network(x) for x in items if x.version == version}, key=_net_key)
-    out: list[str] = []
-    cover: IPv4Network | IPv6Network | None = None
-    for n in nets:  # sorted by start address, then prefix length: a cover comes first
-        if cover is not None and n.subnet_of(cover):  # type: ignore[arg-type]
-            continue
-        cover = n
-        out.append(str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n))
-    return out
-
-
-def _elements(items: list[str]) -> str:
+def _elements(items: Iterable[str]) -> str:
     return "{ " + ", ".join(items) + " }"
 
 
@@ -263,6 +264,10 @@ def _digest(*parts: str) -> str:
         h.update(p.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def _tag(digest: str) -> str:
+    return f'comment "{DIGEST_PREFIX}{digest}"'
 
 
 # ----------------------------------------------------------------------------- rules
@@ -314,17 +319,34 @@ def _protocol_match(rule: SecurityGroupRule, v6: bool) -> str | None:
     return f"meta l4proto {number}"
 
 
+def _rule_texts(rule: SecurityGroupRule) -> list[str]:
+    """One security-group rule as nft match expressions (without verdict): one text, or
+    two for a remote group (its host set, its prefix set: either may match); none when
+    the rule can never match."""
+    v6 = rule.ethertype is EtherType.IPV6
+    fam = "ip6" if v6 else "ip"
+    side = "saddr" if rule.direction is Direction.INGRESS else "daddr"
+    if rule.remote_group is not None:
+        sets = group_sets(rule.remote_group)
+        proto = _protocol_match(rule, v6)
+        if proto is None:
+            return []
+        hosts, nets = (sets[1], sets[3]) if v6 else (sets[0], sets[2])
+        return [
+            " ".join(x for x in (f"{fam} {side} @{hosts}", proto) if x),
+            " ".join(x for x in (f"meta nfproto . {fam} {side} @{nets}", proto) if x),
+        ]
+    text = _rule_text(rule)
+    return [text] if text is not None else []
+
+
 def _rule_text(rule: SecurityGroupRule) -> str | None:
-    """One security-group rule as nft match expressions (without verdict); None when it
-    can never match."""
+    """A rule without remote group as nft match expressions; None when it cannot match."""
     v6 = rule.ethertype is EtherType.IPV6
     fam = "ip6" if v6 else "ip"
     side = "saddr" if rule.direction is Direction.INGRESS else "daddr"
     parts: list[str] = []
-    if rule.remote_group is not None:
-        group_set = group_sets(rule.remote_group)[1 if v6 else 0]
-        parts.append(f"meta nfproto . {fam} {side} @{group_set}")
-    elif rule.remote_ip_prefix is not None:
+    if rule.remote_ip_prefix is not None:
         prefix = rule.remote_ip_prefix
         if prefix.version != (6 if v6 else 4):
             return None
@@ -341,164 +363,182 @@ def _rule_text(rule: SecurityGroupRule) -> str | None:
     return " ".join(parts)
 
 
-def _endpoint_rules(
-    ep: Endpoint, groups: Mapping[str, SecurityGroup]
-) -> tuple[list[str], list[str], frozenset[str]]:
-    """(egress match texts, ingress match texts, remote groups), sorted and de-duplicated.
-    A group the endpoint names but that is not known contributes nothing (fail closed)."""
-    egress: set[str] = set()
-    ingress: set[str] = set()
-    remote: set[str] = set()
-    for name in set(ep.security_groups):
-        group = groups.get(name)
-        if group is None:
-            continue
-        for rule in group.rules:
-            text = _rule_text(rule)
-            if text is None:
-                continue
-            if rule.remote_group is not None:
-                remote.add(rule.remote_group)
-            (ingress if rule.direction is Direction.INGRESS else egress).add(text)
-    return sorted(egress), sorted(ingress), frozenset(remote)
-
-
-def _antispoof(fam: str, allowed: list[str]) -> str:
-    """Drop a source outside ``allowed``: one rule AND-ing ``saddr != x`` for each allowed
-    address or prefix (no set, named or anonymous: nothing to fetch, flush or load)."""
-    if not allowed:
-        return f"meta nfproto {'ipv4' if fam == 'ip' else 'ipv6'} drop"
-    return " ".join([*(f"{fam} saddr != {a}" for a in allowed), "drop"])
+# ----------------------------------------------------------------------------- groups
 
 
 @dataclass(frozen=True, slots=True)
-class _Compiled:
-    """One endpoint, compiled: the parts both the incremental and the full script use."""
+class GroupRules:
+    """One security group compiled: its two chains' rules (the last one of each carries
+    the digest) and the remote groups they reference."""
 
-    ep: Endpoint
-    names: ChainNames
-    digest: str
-    egress: list[str]  # full rules, first one carries the digest comment
-    ingress: list[str]
-    source: list[str]  # anti-spoofing, then return (for traffic to the host)
-    arp: list[str]
-    groups: frozenset[str]
+    name: str
+    digest: str  # equal digest == identical chains
+    ingress: tuple[str, ...]
+    egress: tuple[str, ...]
+    remote: frozenset[str]  # remote group names (their sets must exist)
 
-
-def _compile(ep: Endpoint, groups: Mapping[str, SecurityGroup]) -> _Compiled:
-    names = chain_names(ep.id)
-    iface = _ifname(ep.interface)
-    mac = _mac(ep.mac)
-    sources: list[IPAddress | IPNetwork] = [*ep.ips, *ep.allowed_address_pairs]
-    addr4 = _collapse(sources, 4)
-    addr6 = _collapse(sources, 6)
-    eg, ing, remote = _endpoint_rules(ep, groups)
-    source = [
-        f"ether saddr != {mac} drop",
-        _antispoof("ip", addr4),
-        _antispoof("ip6", addr6),
-    ]
-    egress = [
-        *source,
-        "ct state established,related return",
-        "ct state invalid drop",
-        *(f"{r} return" for r in eg),
-        "drop",
-    ]
-    ingress = [
-        "ct state established,related accept",
-        "ct state invalid drop",
-        *(f"{r} accept" for r in ing),
-        "drop",
-    ]
-    arp = [*(f"arp saddr ip {a} accept" for a in addr4), "drop"]
-    digest = _digest(ep.id, iface, *egress, "|", *ingress, "|", *arp, "|", *sorted(remote))
-    tag = f' comment "{DIGEST_PREFIX}{digest}"'
-    egress[0] += tag
-    ingress[0] += tag
-    arp[0] += tag
-    return _Compiled(ep, names, digest, egress, ingress, [*source, "return"], arp, remote)
+    @property
+    def chains(self) -> tuple[str, str]:
+        return group_chains(self.name)
 
 
-# Group sets need prefixes, hence intervals; nft 1.0.6 dumps the elements of *every*
-# non-concatenated interval set before any "add element" (cache flag SETELEM_MAYBE: one
-# change cost ~140 ms at 1,000 endpoints with per-endpoint interval sets). Concatenated
-# interval sets are skipped by that dump, so groups are "nf_proto . addr" sets.
-
-
-def _group_set_decls(group: str) -> list[tuple[str, str]]:
-    g4, g6 = group_sets(group)
-    return [
-        (g4, "type nf_proto . ipv4_addr; flags interval;"),
-        (g6, "type nf_proto . ipv6_addr; flags interval;"),
-    ]
-
-
-def _group_elements(members: Iterable[IPAddress | IPNetwork], version: int) -> list[str]:
-    family = "ipv4" if version == 4 else "ipv6"
-    return [f"{family} . {a}" for a in _collapse(members, version)]
-
-
-def compile_endpoint(
-    ep: Endpoint, groups: Mapping[str, SecurityGroup], settings: FirewallSettings
-) -> EndpointRules:
-    """The incremental scripts of one endpoint (see the module docstring)."""
-    t = _check_table(settings)
-    c = _compile(ep, groups)
-    n = c.names
-    iface = _ifname(ep.interface)
-    inet = f"inet {t}"
-    add: list[str] = []
-    for g in sorted(c.groups):
-        for name, decl in _group_set_decls(g):
-            add.append(f"add set {inet} {name} {{ {decl} }}")
-    for chain, rules in ((n.egress, c.egress), (n.ingress, c.ingress), (n.source, c.source)):
-        add.append(f"add chain {inet} {chain}")
-        add.append(f"flush chain {inet} {chain}")
-        add.extend(f"add rule {inet} {chain} {r}" for r in rules)
-    add.append(f"add chain arp {t} {n.arp}")
-    add.append(f"flush chain arp {t} {n.arp}")
-    add.extend(f"add rule arp {t} {n.arp} {r}" for r in c.arp)
-    add.append(f"add element {inet} {TAPS_SET} {{ {iface} }}")
-    add.append(f"add element {inet} {FROM_VM_MAP} {{ {iface} : jump {n.egress} }}")
-    add.append(f"add element {inet} {TO_VM_MAP} {{ {iface} : jump {n.ingress} }}")
-    add.append(f"add element {inet} {SRC_VM_MAP} {{ {iface} : jump {n.source} }}")
-    add.append(f"add element arp {t} {ARP_MAP} {{ {iface} : jump {n.arp} }}")
-
-    delete = [
-        # make sure everything exists, so that the deletes below cannot fail
-        f"add chain {inet} {n.egress}",
-        f"add chain {inet} {n.ingress}",
-        f"add chain {inet} {n.source}",
-        f"add chain arp {t} {n.arp}",
-        f"add element {inet} {SRC_VM_MAP} {{ {iface} : jump {n.source} }}",
-        f"add element {inet} {TAPS_SET} {{ {iface} }}",
-        f"add element {inet} {FROM_VM_MAP} {{ {iface} : jump {n.egress} }}",
-        f"add element {inet} {TO_VM_MAP} {{ {iface} : jump {n.ingress} }}",
-        f"add element arp {t} {ARP_MAP} {{ {iface} : jump {n.arp} }}",
-        # map elements first, then the chains, then the sets the chains referenced
-        f"delete element arp {t} {ARP_MAP} {{ {iface} }}",
-        f"delete element {inet} {SRC_VM_MAP} {{ {iface} }}",
-        f"delete element {inet} {TO_VM_MAP} {{ {iface} }}",
-        f"delete element {inet} {FROM_VM_MAP} {{ {iface} }}",
-        f"delete element {inet} {TAPS_SET} {{ {iface} }}",
-        f"flush chain arp {t} {n.arp}",
-        f"delete chain arp {t} {n.arp}",
-        f"flush chain {inet} {n.egress}",
-        f"delete chain {inet} {n.egress}",
-        f"flush chain {inet} {n.ingress}",
-        f"delete chain {inet} {n.ingress}",
-        f"flush chain {inet} {n.source}",
-        f"delete chain {inet} {n.source}",
-    ]
-    return EndpointRules(
-        endpoint_id=ep.id,
-        interface=ep.interface,
-        digest=c.digest,
-        add_script="\n".join(add) + "\n",
-        delete_script="\n".join(delete) + "\n",
-        groups=c.groups,
+def compile_group(name: str, group: SecurityGroup | None) -> GroupRules:
+    """A group's chains. An unknown group (None) gets chains that allow nothing."""
+    ingress: set[str] = set()
+    egress: set[str] = set()
+    remote: set[str] = set()
+    for rule in group.rules if group is not None else ():
+        texts = _rule_texts(rule)
+        if not texts:
+            continue
+        if rule.remote_group is not None:
+            remote.add(rule.remote_group)
+        (ingress if rule.direction is Direction.INGRESS else egress).update(texts)
+    ing, eg = sorted(ingress), sorted(egress)
+    digest = _digest("group", name, *ing, "|", *eg, "|", *sorted(remote))
+    return GroupRules(
+        name=name,
+        digest=digest,
+        ingress=(*(f"{r} accept" for r in ing), f"return {_tag(digest)}"),
+        egress=(*(f"{r} goto {EGRESS_OK_CHAIN}" for r in eg), f"return {_tag(digest)}"),
+        remote=frozenset(remote),
     )
+
+
+_GROUP_SET_TYPES: Final = (
+    "type ipv4_addr;",
+    "type ipv6_addr;",
+    "type nf_proto . ipv4_addr; flags interval;",
+    "type nf_proto . ipv6_addr; flags interval;",
+)
+
+
+def _group_set_decls(i: str) -> list[tuple[str, str]]:
+    return list(zip(sets_of_ident(i), _GROUP_SET_TYPES, strict=True))
+
+
+def group_script(rules: GroupRules, settings: FirewallSettings) -> str:
+    """Create (if missing) the remote-group sets the chains reference, and create or
+    replace the group's two chains. Set *content* is written as elements."""
+    inet = f"inet {_check_table(settings)}"
+    out: list[str] = []
+    for g in sorted(rules.remote):
+        for name, decl in _group_set_decls(ident(g)):
+            out.append(f"add set {inet} {name} {{ {decl} }}")
+    for chain, body in zip(rules.chains, (rules.ingress, rules.egress), strict=True):
+        out.append(f"add chain {inet} {chain}")
+        out.append(f"flush chain {inet} {chain}")
+        out.extend(f"add rule {inet} {chain} {r}" for r in body)
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A distinct combination of groups: two chains trying each group's chain in turn."""
+
+    pid: str
+    groups: tuple[str, ...]  # sorted, unique
+    digest: str
+    ingress: tuple[str, ...]
+    egress: tuple[str, ...]
+
+    @property
+    def chains(self) -> tuple[str, str]:
+        return profile_chains(self.pid)
+
+
+def profile_id(groups: Iterable[str]) -> str:
+    return _digest("profile", *sorted(set(groups)))[:12]
+
+
+def compile_profile(groups: Iterable[str]) -> Profile:
+    names = tuple(sorted(set(groups)))
+    pid = profile_id(names)
+    digest = _digest("profile-chains", pid, *names)
+    return Profile(
+        pid=pid,
+        groups=names,
+        digest=digest,
+        ingress=(*(f"jump {group_chains(g)[0]}" for g in names), f"drop {_tag(digest)}"),
+        egress=(*(f"jump {group_chains(g)[1]}" for g in names), f"drop {_tag(digest)}"),
+    )
+
+
+def profile_script(profile: Profile, settings: FirewallSettings) -> str:
+    """Create or replace a profile's two chains (its groups' chains must exist)."""
+    inet = f"inet {_check_table(settings)}"
+    out: list[str] = []
+    for chain, body in zip(profile.chains, (profile.ingress, profile.egress), strict=True):
+        out.append(f"add chain {inet} {chain}")
+        out.append(f"flush chain {inet} {chain}")
+        out.extend(f"add rule {inet} {chain} {r}" for r in body)
+    return "\n".join(out) + "\n"
+
+
+def gc_script(chains: Iterable[str], set_idents: Iterable[str], settings: FirewallSettings) -> str:
+    """Delete group/profile chains and remote-group sets nothing references any more. Each
+    is first *added* (nft 1.0.6 has no ``destroy``), so that deleting what is already gone
+    is not an error; all chains are flushed before any is deleted (a chain's rules may
+    reference another of them, or a set)."""
+    inet = f"inet {_check_table(settings)}"
+    names = sorted(set(chains))
+    idents = sorted(set(set_idents))
+    out = [f"add chain {inet} {c}" for c in names]
+    out += [f"flush chain {inet} {c}" for c in names]
+    out += [f"delete chain {inet} {c}" for c in names]
+    for i in idents:
+        for name, decl in _group_set_decls(i):
+            out.append(f"add set {inet} {name} {{ {decl} }}")
+            out.append(f"delete set {inet} {name}")
+    return "\n".join(out) + "\n" if out else ""
+
+
+# ----------------------------------------------------------------------------- endpoints
+
+
+def endpoint_elements(ep: Endpoint, profile: Profile | None = None) -> fwe.InterfaceElements:
+    """The elements one endpoint needs (its TAP's dispatch to its profile, source checks).
+    Raises ValueError on an interface name or MAC that nft would not take."""
+    _ifname(ep.interface)
+    _mac(ep.mac)
+    prof = profile if profile is not None else compile_profile(ep.security_groups)
+    ingress, egress = prof.chains
+    return fwe.wanted(ep.mac, [*ep.ips, *ep.allowed_address_pairs], egress, ingress)
+
+
+def elements_script(
+    interface: str, el: fwe.InterfaceElements, settings: FirewallSettings
+) -> str:
+    """The same elements as nft ``add element`` commands: what the netlink batch of a new
+    TAP writes, in nft's language (golden files, and the tests that check that both
+    paths give the same table)."""
+    t = _check_table(settings)
+    q = _ifname(interface)
+    inet = f"inet {t}"
+    out: list[str] = []
+    if el.tap:
+        out.append(f"add element {inet} {TAPS_SET} {{ {q} }}")
+    for family, name, values in (
+        (inet, SRC_MAC_SET, sorted(el.macs)),
+        (inet, SRC4_SET, _split(el.src4, False)),
+        (inet, SRC4_NET_SET, _split(el.src4, True)),
+        (inet, SRC6_SET, _split(el.src6, False)),
+        (inet, SRC6_NET_SET, _split(el.src6, True)),
+        (f"arp {t}", ARP_SRC4_SET, _split(el.arp_src4, False)),
+        (f"arp {t}", ARP_SRC4_NET_SET, _split(el.arp_src4, True)),
+    ):
+        if values:
+            out.append(f"add element {family} {name} {_elements(f'{q} . {v}' for v in values)}")
+    if el.arp_tap:
+        out.append(f"add element arp {t} {ARP_TAPS_SET} {{ {q} }}")
+    if el.to_vm is not None:
+        out.append(f"add element {inet} {TO_VM_MAP} {{ {q} : jump {el.to_vm} }}")
+    if el.from_vm is not None:
+        out.append(f"add element {inet} {FROM_VM_MAP} {{ {q} : jump {el.from_vm} }}")
+    return "\n".join(out) + "\n" if out else ""
 
 
 # ----------------------------------------------------------------------------- base
@@ -514,14 +554,60 @@ def _metadata_target(settings: FirewallSettings) -> tuple[IPv4Address, int]:
     return addr, port
 
 
-def _base_chains(settings: FirewallSettings) -> list[tuple[str, str, list[str]]]:
-    """(name, hook definition or "", rules) of the inet table's fixed chains."""
+_SETS: Final = (
+    (TAPS_SET, "set", "type ifname;"),
+    (SRC_MAC_SET, "set", "type ifname . ether_addr;"),
+    (SRC4_SET, "set", "type ifname . ipv4_addr;"),
+    (SRC6_SET, "set", "type ifname . ipv6_addr;"),
+    (SRC4_NET_SET, "set", "type ifname . ipv4_addr; flags interval;"),
+    (SRC6_NET_SET, "set", "type ifname . ipv6_addr; flags interval;"),
+    (TO_VM_MAP, "map", "type ifname : verdict;"),
+    (FROM_VM_MAP, "map", "type ifname : verdict;"),
+)
+_ARP_SETS: Final = (
+    (ARP_TAPS_SET, "set", "type ifname;"),
+    (ARP_SRC4_SET, "set", "type ifname . ipv4_addr;"),
+    (ARP_SRC4_NET_SET, "set", "type ifname . ipv4_addr; flags interval;"),
+)
+
+
+def _source_and_dispatch() -> list[tuple[str, str, list[str]]]:
+    source = [
+        f"iifname . ether saddr != @{SRC_MAC_SET} drop",
+        f"iifname . ip saddr != @{SRC4_SET} iifname . ip saddr != @{SRC4_NET_SET} drop",
+        f"iifname . ip6 saddr != @{SRC6_SET} iifname . ip6 saddr != @{SRC6_NET_SET} drop",
+    ]
+    ingress = [
+        "ct state established,related accept",
+        "ct state invalid drop",
+        f"oifname vmap @{TO_VM_MAP}",
+        "drop",  # a managed TAP whose dispatch entry is missing
+    ]
+    egress_ok = [f"oifname @{TAPS_SET} goto {INGRESS_CHAIN}", "accept"]
+    egress = [
+        f"ct state established,related goto {EGRESS_OK_CHAIN}",
+        "ct state invalid drop",
+        f"iifname vmap @{FROM_VM_MAP}",
+        "drop",
+    ]
+    return [
+        (INGRESS_CHAIN, "", ingress),
+        (EGRESS_OK_CHAIN, "", egress_ok),
+        (EGRESS_CHAIN, "", egress),
+        (SOURCE_CHAIN, "", source),
+    ]
+
+
+def _hook_chains(settings: FirewallSettings) -> list[tuple[str, str, list[str]]]:
+    """(name, hook definition or "", rules) of the chains after the dispatch chains."""
     pats = _patterns(settings)
     forward = [f"iifname {p} iifname != @{TAPS_SET} drop" for p in pats]
     forward += [f"oifname {p} oifname != @{TAPS_SET} drop" for p in pats]
-    forward += [f"iifname vmap @{FROM_VM_MAP}", f"oifname vmap @{TO_VM_MAP}"]
-    # a managed TAP is never left without its chains: drop if the dispatch fell through
-    forward += [f"oifname @{TAPS_SET} drop"]
+    forward += [
+        f"iifname @{TAPS_SET} jump {SOURCE_CHAIN}",
+        f"iifname @{TAPS_SET} goto {EGRESS_CHAIN}",
+        f"oifname @{TAPS_SET} goto {INGRESS_CHAIN}",
+    ]
     inp = [f"iifname {p} jump {VM_TO_HOST_CHAIN}" for p in pats]
     inp += [f"iifname @{TAPS_SET} jump {VM_TO_HOST_CHAIN}"]
     host = ["ct state established,related accept", "ct state invalid drop"]
@@ -529,9 +615,9 @@ def _base_chains(settings: FirewallSettings) -> list[tuple[str, str, list[str]]]
         host.append("meta nfproto ipv4 udp sport 68 udp dport 67 accept")
         host.append("meta nfproto ipv6 udp sport 546 udp dport 547 accept")
     # past DHCP (which may come from 0.0.0.0), the sender must be who its TAP says:
-    # unknown TAPs are dropped, known ones go through their anti-spoofing chain
+    # unknown TAPs are dropped, known ones go through the anti-spoofing chain
     host.append(f"iifname != @{TAPS_SET} drop")
-    host.append(f"iifname vmap @{SRC_VM_MAP}")
+    host.append(f"jump {SOURCE_CHAIN}")
     if settings.dns:
         host.append("udp dport 53 accept")
         host.append("tcp dport 53 accept")
@@ -562,31 +648,31 @@ def _base_chains(settings: FirewallSettings) -> list[tuple[str, str, list[str]]]
 def _arp_input(settings: FirewallSettings) -> tuple[str, list[str]]:
     pats = _patterns(settings)
     rules = [f"iifname {p} arp saddr ip 0.0.0.0 accept" for p in pats]
-    rules += [f"iifname vmap @{ARP_MAP}"]
+    rules += [f"iifname . arp saddr ip @{ARP_SRC4_SET} accept"]
+    rules += [f"iifname . arp saddr ip @{ARP_SRC4_NET_SET} accept"]
     rules += [f"iifname {p} drop" for p in pats]
+    rules += [f"iifname @{ARP_TAPS_SET} drop"]
     return "type filter hook input priority filter; policy accept;", rules
 
 
 def base_script(settings: FirewallSettings) -> str:
-    """The idempotent table skeleton (no endpoint content): running it again resets the
-    fixed chains' rules and keeps every endpoint object and element."""
+    """The idempotent table skeleton (no group, profile or endpoint content): running it
+    again resets the fixed chains' rules and keeps every other chain and every element."""
     t = _check_table(settings)
     inet = f"inet {t}"
-    out = [
-        f"add table {inet}",
-        f"add set {inet} {TAPS_SET} {{ type ifname; }}",
-        f"add map {inet} {FROM_VM_MAP} {{ type ifname : verdict; }}",
-        f"add map {inet} {TO_VM_MAP} {{ type ifname : verdict; }}",
-        f"add map {inet} {SRC_VM_MAP} {{ type ifname : verdict; }}",
-    ]
-    for name, hook, rules in _base_chains(settings):
+    out = [f"add table {inet}"]
+    out += [f"add {kind} {inet} {name} {{ {decl} }}" for name, kind, decl in _SETS]
+    chains = [*_source_and_dispatch(), *_hook_chains(settings)]
+    # every fixed chain exists before any rule refers to one
+    for name, hook, _rules in chains:
         out.append(f"add chain {inet} {name} {{ {hook} }}" if hook else f"add chain {inet} {name}")
+    for name, _hook, rules in chains:
         out.append(f"flush chain {inet} {name}")
         out.extend(f"add rule {inet} {name} {r}" for r in rules)
     hook, rules = _arp_input(settings)
+    out += [f"add table arp {t}"]
+    out += [f"add {kind} arp {t} {name} {{ {decl} }}" for name, kind, decl in _ARP_SETS]
     out += [
-        f"add table arp {t}",
-        f"add map arp {t} {ARP_MAP} {{ type ifname : verdict; }}",
         f"add chain arp {t} {ARP_INPUT_CHAIN} {{ {hook} }}",
         f"flush chain arp {t} {ARP_INPUT_CHAIN}",
         *(f"add rule arp {t} {ARP_INPUT_CHAIN} {r}" for r in rules),
@@ -594,47 +680,7 @@ def base_script(settings: FirewallSettings) -> str:
     return "\n".join(out) + "\n"
 
 
-# ----------------------------------------------------------------------------- groups
-
-
-def group_set_script(
-    group: str, members: frozenset[IPAddress | IPNetwork], settings: FirewallSettings
-) -> str:
-    """Create the group's two sets if missing and make their content exactly ``members``."""
-    inet = f"inet {_check_table(settings)}"
-    out: list[str] = []
-    for (name, decl), version in zip(_group_set_decls(group), (4, 6), strict=True):
-        out.append(f"add set {inet} {name} {{ {decl} }}")
-        out.append(f"flush set {inet} {name}")
-        elems = _group_elements(members, version)
-        if elems:
-            out.append(f"add element {inet} {name} {_elements(elems)}")
-    return "\n".join(out) + "\n"
-
-
-def group_delta_script(
-    group: str,
-    added: Iterable[IPAddress | IPNetwork],
-    removed: Iterable[IPAddress | IPNetwork],
-    settings: FirewallSettings,
-) -> str:
-    """The cheap form of a membership change: ``delete``/``add element`` of the changed
-    members only (no flush). Exact when no added or removed member overlaps another member
-    (host addresses: the usual case); otherwise use :func:`group_set_script`. ``removed``
-    members must be present (nft fails the transaction otherwise: nothing changes)."""
-    inet = f"inet {_check_table(settings)}"
-    add_list, rm_list = list(added), list(removed)
-    out: list[str] = []
-    sets = list(zip(_group_set_decls(group), (4, 6), strict=True))
-    for (name, _), version in sets:
-        gone = _group_elements(rm_list, version)
-        if gone:
-            out.append(f"delete element {inet} {name} {_elements(gone)}")
-    for (name, _), version in sets:
-        new = _group_elements(add_list, version)
-        if new:
-            out.append(f"add element {inet} {name} {_elements(new)}")
-    return "\n".join(out) + "\n" if out else ""
+# ----------------------------------------------------------------------------- members
 
 
 def group_members(
@@ -660,58 +706,104 @@ def full_script(
     """Everything, as one transaction that replaces both tables atomically: ``add table``
     (so that the ``delete`` cannot fail), ``delete table``, then the new table in block
     form. The kernel commits the batch as one generation: packets see either the old
-    table or the new one, never no table. Objects are declared before they are referenced
-    (sets, endpoint chains, maps, base chains)."""
+    table or the new one, never no table. Objects are declared before they are referenced.
+    Remote-group sets exist for the groups the rules reference."""
     t = _check_table(settings)
-    compiled = sorted(
-        (_compile(ep, groups) for ep in endpoints), key=lambda c: (c.ep.interface, c.ep.id)
-    )
+    eps = sorted(endpoints, key=lambda e: (e.interface, e.id))
     seen: set[str] = set()
-    for c in compiled:
-        if c.ep.interface in seen:
-            raise ValueError(f"interface {c.ep.interface} claimed by two endpoints")
-        seen.add(c.ep.interface)
-    all_groups = set(members)
-    for c in compiled:
-        all_groups |= c.groups
+    for ep in eps:
+        if ep.interface in seen:
+            raise ValueError(f"interface {ep.interface} claimed by two endpoints")
+        seen.add(ep.interface)
+    profiles = {p.pid: p for p in (compile_profile(ep.security_groups) for ep in eps)}
+    used = sorted({g for p in profiles.values() for g in p.groups})
+    rules = [compile_group(g, groups.get(g)) for g in used]
+    remote_names = sorted({r for g in rules for r in g.remote})
+    per_ep = [(ep, endpoint_elements(ep, profiles[profile_id(ep.security_groups)]))
+              for ep in eps]
+
+    def chain(name: str, body: Iterable[str], hook: str = "") -> list[str]:
+        return [f"\tchain {name} {{", *([f"\t\t{hook}"] if hook else []),
+                *(f"\t\t{r}" for r in body), "\t}"]
+
+    def ifelems(attr: str, net: bool = False) -> list[str]:
+        out: list[str] = []
+        for ep, el in per_ep:
+            q = _ifname(ep.interface)
+            value: object = getattr(el, attr)
+            if attr in ("from_vm", "to_vm"):
+                out.append(f"{q} : jump {value}")
+            elif attr in ("tap", "arp_tap"):
+                out.append(q)
+            elif attr == "macs":
+                assert isinstance(value, frozenset)
+                out.extend(f"{q} . {v}" for v in sorted(value))
+            else:
+                assert isinstance(value, frozenset)
+                out.extend(f"{q} . {v}" for v in _split(value, net))
+        return out
 
     out = [f"add table inet {t}", f"delete table inet {t}", f"table inet {t} {{"]
-    for g in sorted(all_groups):
-        mem = members.get(g, frozenset())
-        for (name, decl), version in zip(_group_set_decls(g), (4, 6), strict=True):
-            elems = _group_elements(mem, version)
+    for g in remote_names:
+        mem = fwe.members_of(members.get(g, frozenset()))
+        contents = (
+            list(_split(mem.v4, False)), list(_split(mem.v6, False)),
+            [f"ipv4 . {a}" for a in _split(mem.v4, True)],
+            [f"ipv6 . {a}" for a in _split(mem.v6, True)],
+        )
+        for (name, decl), elems in zip(_group_set_decls(ident(g)), contents, strict=True):
             out.append(f"\tset {name} {{ {decl}{_decl_elements(elems)} }}")
-    for c in compiled:
-        for chain, rules in (
-            (c.names.egress, c.egress), (c.names.ingress, c.ingress), (c.names.source, c.source)
-        ):
-            out.append(f"\tchain {chain} {{")
-            out.extend(f"\t\t{r}" for r in rules)
-            out.append("\t}")
-    taps = [_ifname(c.ep.interface) for c in compiled]
-    out.append(f"\tset {TAPS_SET} {{ type ifname;" + _decl_elements(taps) + " }")
-    for m, attr in ((FROM_VM_MAP, "egress"), (TO_VM_MAP, "ingress"), (SRC_VM_MAP, "source")):
-        elems = [f"{_ifname(c.ep.interface)} : jump {getattr(c.names, attr)}" for c in compiled]
-        out.append(f"\tmap {m} {{ type ifname : verdict;" + _decl_elements(elems) + " }")
-    for name, hook, rules in _base_chains(settings):
-        out.append(f"\tchain {name} {{")
-        if hook:
-            out.append(f"\t\t{hook}")
-        out.extend(f"\t\t{r}" for r in rules)
-        out.append("\t}")
+    sources = {TAPS_SET: ("tap", False), SRC_MAC_SET: ("macs", False),
+               SRC4_SET: ("src4", False), SRC6_SET: ("src6", False),
+               SRC4_NET_SET: ("src4", True), SRC6_NET_SET: ("src6", True)}
+    for name, kind, decl in _SETS:
+        if kind == "set":
+            elems = ifelems(*sources[name])
+            out.append(f"\tset {name} {{ {decl}{_decl_elements(elems)} }}")
+    for gr in rules:  # ingress side: group chains, profile chains, to_vm, vm-ingress
+        out += chain(gr.chains[0], gr.ingress)
+    for p in profiles.values():
+        out += chain(p.chains[0], p.ingress)
+    out.append(f"\tmap {TO_VM_MAP} {{ type ifname : verdict;"
+               f"{_decl_elements(ifelems('to_vm'))} }}")
+    dispatch = dict((n, r) for n, _h, r in _source_and_dispatch())
+    out += chain(INGRESS_CHAIN, dispatch[INGRESS_CHAIN])
+    out += chain(EGRESS_OK_CHAIN, dispatch[EGRESS_OK_CHAIN])
+    for gr in rules:  # egress side
+        out += chain(gr.chains[1], gr.egress)
+    for p in profiles.values():
+        out += chain(p.chains[1], p.egress)
+    out.append(f"\tmap {FROM_VM_MAP} {{ type ifname : verdict;"
+               f"{_decl_elements(ifelems('from_vm'))} }}")
+    out += chain(EGRESS_CHAIN, dispatch[EGRESS_CHAIN])
+    out += chain(SOURCE_CHAIN, dispatch[SOURCE_CHAIN])
+    for name, hook, body in _hook_chains(settings):
+        out += chain(name, body, hook)
     out.append("}")
 
     out += [f"add table arp {t}", f"delete table arp {t}", f"table arp {t} {{"]
-    for c in compiled:
-        out.append(f"\tchain {c.names.arp} {{")
-        out.extend(f"\t\t{r}" for r in c.arp)
-        out.append("\t}")
-    elems = [f"{_ifname(c.ep.interface)} : jump {c.names.arp}" for c in compiled]
-    out.append(f"\tmap {ARP_MAP} {{ type ifname : verdict;" + _decl_elements(elems) + " }")
-    hook, rules = _arp_input(settings)
-    out += [f"\tchain {ARP_INPUT_CHAIN} {{", f"\t\t{hook}", *(f"\t\t{r}" for r in rules), "\t}"]
+    arp_sources = {ARP_TAPS_SET: ("arp_tap", False), ARP_SRC4_SET: ("arp_src4", False),
+                   ARP_SRC4_NET_SET: ("arp_src4", True)}
+    for name, _kind, decl in _ARP_SETS:
+        elems = ifelems(*arp_sources[name])
+        out.append(f"\tset {name} {{ {decl}{_decl_elements(elems)} }}")
+    hook, body = _arp_input(settings)
+    out += chain(ARP_INPUT_CHAIN, body, hook)
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _split(spellings: Iterable[str], nets: bool) -> list[str]:
+    """The host addresses (``nets`` False) or the prefixes of a set of spellings, in
+    numeric order: they go in the hash set and the interval set respectively."""
+    return sorted((s for s in spellings if ("/" in s) == nets), key=_addr_key)
+
+
+def _addr_key(spelling: str) -> tuple[int, int, int]:
+    """Sort key of an address or prefix in nft's spelling (numeric, not textual)."""
+    addr, _, length = spelling.partition("/")
+    a = ip_address(addr)
+    return (a.version, int(a), int(length) if length else a.max_prefixlen)
 
 
 def _decl_elements(elems: list[str]) -> str:

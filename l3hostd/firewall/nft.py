@@ -1,4 +1,5 @@
-"""Apply nft scripts and read our tables back: the only module of the firewall doing IO.
+"""Apply nft scripts and read our tables back: the nft half of the firewall's IO (set
+elements go over netlink: :mod:`l3hostd.firewall.nfsock`).
 
 :func:`apply` feeds a script to ``nft -f -`` (an asyncio subprocess, the script on stdin).
 nft sends the whole script to the kernel as one netlink batch, which the kernel commits as
@@ -6,9 +7,11 @@ one generation or not at all: a failing script changes nothing, and packets see 
 old rules or the new ones. nft's stderr becomes :class:`NftError`'s message.
 
 :func:`read_table` lists ``table inet <table>`` and ``table arp <table>`` as JSON and
-returns a :class:`TableState`: chains with the digest carried by their first rule's comment
-(``l3hostd:<digest>``, see :mod:`l3hostd.firewall.compile`), map elements (ifname -> target
-chain), sets and their elements. A table that does not exist reads as empty.
+returns a :class:`TableState`: chains with the digest carried by a rule comment
+(``l3hostd:<digest>``, see :mod:`l3hostd.firewall.compile`), what each chain references
+(jump/goto targets, ``@set`` lookups), map elements (ifname -> target chain), sets and their
+elements. A table that does not exist reads as empty. This is O(table): it is for resyncs,
+never for a single change.
 
 :class:`LibNftables` is the same transaction through libnftables in process (ctypes, one
 context kept): no process start-up per change, for the daemon's hot path. Both give
@@ -59,15 +62,18 @@ class FamilyState:
     maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> key -> chain
     sets: Mapping[str, frozenset[str]] = field(default_factory=dict)
     rules: Mapping[str, int] = field(default_factory=dict)  # chain -> number of rules
+    #: chain -> the chains its rules jump/goto and the sets they look up (``@name``)
+    refs: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class TableState:
     """Both of our tables: ``inet`` (everything) and ``arp`` (ARP sender checks).
 
-    ``state.inet.chains["from-<id>"]`` is the digest that chain was compiled with (None for
+    ``state.inet.chains["sg-web-in"]`` is the digest that chain was compiled with (None for
     chains without one: the fixed chains); ``state.inet.maps["from_vm"]["tap1"]`` the chain
-    that TAP dispatches to; ``state.inet.sets["g4-web"]`` a set's elements."""
+    that TAP dispatches to; ``state.inet.sets["g4-web"]`` a set's elements;
+    ``state.inet.refs["prof-x-in"]`` what that chain refers to."""
 
     inet: FamilyState = field(default_factory=FamilyState)
     arp: FamilyState = field(default_factory=FamilyState)
@@ -228,12 +234,29 @@ def _target(verdict: Any) -> str:
     return str(verdict)
 
 
+def _references(node: Any, out: set[str]) -> None:
+    """Collect jump/goto targets and ``@set`` names anywhere in a rule's expressions."""
+    if isinstance(node, dict):
+        for kind in ("jump", "goto"):
+            target = node.get(kind)
+            if isinstance(target, dict) and isinstance(target.get("target"), str):
+                out.add(target["target"])
+        for value in node.values():
+            _references(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _references(value, out)
+    elif isinstance(node, str) and node.startswith("@"):
+        out.add(node)
+
+
 def parse_table(doc: Mapping[str, Any]) -> FamilyState:
     """``nft -j list table`` output -> :class:`FamilyState`."""
     chains: dict[str, str | None] = {}
     maps: dict[str, dict[str, str]] = {}
     sets: dict[str, frozenset[str]] = {}
     rules: dict[str, int] = {}
+    refs: dict[str, set[str]] = {}
     exists = False
     for obj in doc.get("nftables", ()):
         if "table" in obj:
@@ -250,7 +273,15 @@ def parse_table(doc: Mapping[str, Any]) -> FamilyState:
             r = obj["rule"]
             name = r["chain"]
             rules[name] = rules.get(name, 0) + 1
+            _references(r.get("expr", ()), refs.setdefault(name, set()))
             comment = r.get("comment")
-            if rules[name] == 1 and isinstance(comment, str) and comment.startswith(DIGEST_PREFIX):
+            if isinstance(comment, str) and comment.startswith(DIGEST_PREFIX):
                 chains[name] = comment[len(DIGEST_PREFIX) :]
-    return FamilyState(exists=exists, chains=chains, maps=maps, sets=sets, rules=rules)
+    return FamilyState(
+        exists=exists,
+        chains=chains,
+        maps=maps,
+        sets=sets,
+        rules=rules,
+        refs={c: frozenset(r) for c, r in refs.items()},
+    )

@@ -1,4 +1,6 @@
-"""Small traffic helpers for the firewall acceptance tests (``test_firewall.py``).
+"""Small traffic helpers for the firewall acceptance tests (``test_firewall.py``), and the
+program ``test_firewall_nft.py`` runs to drive the firewall reconciler inside a namespace
+(:data:`RECONCILER_PROGRAM`).
 
 Servers are tiny ``python -c`` programs started in a namespace through :meth:`Lab.start`
 (so the lab stops them and their output lands in the lab's log directory); clients are
@@ -17,6 +19,7 @@ import contextlib
 import secrets
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -139,6 +142,80 @@ for _ in range(3):
     s.send(frame)
 print("sent")
 """
+
+
+# The firewall reconciler itself (libnftables + netlink, in process), run by
+# test_firewall_nft.py in a child inside a namespace; prints what it saw as JSON. argv[1]:
+# "empty", or "legacy" (start from a table in the old per-endpoint layout).
+RECONCILER_PROGRAM = textwrap.dedent(r'''
+    import asyncio, json, subprocess, sys, time
+    from ipaddress import ip_address
+    from l3hostd.firewall.compile import FirewallSettings
+    from l3hostd.firewall.reconciler import FirewallInputs, FirewallReconciler
+    from l3hostd.model import *
+    from l3hostd.reconcile import Phase
+    R = SecurityGroupRule
+    groups = {"web": SecurityGroup("web", (R(Direction.INGRESS, EtherType.IPV4, "tcp", 80, 80,
+                                              remote_group="app"),)),
+              "app": SecurityGroup("app", (R(Direction.EGRESS, EtherType.IPV4),))}
+    def ep(n, g):
+        return Endpoint(f"e{n}", f"tap{n}", f"fa:16:3e:00:00:{n:02x}",
+                        (ip_address(f"10.0.0.{n}"),), (), g)
+    def handles():
+        out = subprocess.run(["nft", "-a", "list", "table", "inet", "l3hostd"],
+                             capture_output=True, text=True).stdout
+        return sorted(l.strip() for l in out.splitlines() if "l3hostd:" in l)
+    def chains():
+        out = subprocess.run(["nft", "list", "table", "inet", "l3hostd"],
+                             capture_output=True, text=True).stdout
+        return sorted(l.split()[1] for l in out.splitlines() if l.strip().startswith("chain "))
+    async def run(fw):
+        if fw.resync_pending:
+            await fw.resync()
+        await fw.apply(Phase.REMOVE, time.monotonic())
+        await fw.apply(Phase.ADD, time.monotonic())
+    def make(eps):
+        fw = FirewallReconciler(FirewallInputs(FirewallSettings()))
+        fw.refresh(fw.inputs.set_groups(groups))
+        for e in eps:
+            fw.refresh(fw.inputs.set_endpoint(e, e.id, True))
+        return fw
+    async def main():
+        out = {}
+        if sys.argv[1] == "legacy":
+            subprocess.run(["nft", "-f", "-"], check=True, text=True, input="""
+                table inet l3hostd {
+                    map src_vm { type ifname : verdict; }
+                    chain from-e1 { drop; }
+                    map from_vm { type ifname : verdict; elements = { "tap1" : jump from-e1 }; }
+                }
+            """)
+        eps = [ep(1, ("web",)), ep(2, ("app",)), ep(3, ("web", "app"))]
+        fw = make(eps)
+        await run(fw)
+        out["ready"] = [fw.ready(e.id) for e in eps]
+        out["replaced"] = fw.full_replacements
+        out["error"] = fw.nft_error
+        out["handles"] = handles()
+        fw.close()
+        again = make(eps)  # a restart: adopts, rewrites nothing but the skeleton
+        await run(again)
+        out["adopted_ready"] = [again.ready(e.id) for e in eps]
+        out["handles_after_restart"] = handles()
+        out["batches_after_restart"] = again.element_batches
+        # e3 leaves, e1 moves to app: web's and the web+app profile's chains go
+        again.refresh(again.inputs.set_endpoint(None, "e3", False))
+        again.refresh(again.inputs.set_endpoint(ep(1, ("app",)), "e1", True))
+        await run(again)
+        out["chains_after_gc"] = chains()
+        out["ready_after_move"] = again.ready("e1")
+        again.queue_resync()
+        await run(again)
+        out["dirty_after_resync"] = again.dirty_count
+        print(json.dumps(out))
+    asyncio.run(main())
+''')
+
 
 
 # ---- servers ---------------------------------------------------------------------------------

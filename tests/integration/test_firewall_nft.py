@@ -1,13 +1,15 @@
-"""The compiled nft text against real nftables, in a throw-away network namespace.
+"""The compiled nft text and the netlink element batches against the real kernel, in a
+throw-away network namespace.
 
 Root only (skipped otherwise, or when nft is missing). Every nft call runs inside the
-namespace ``l3fw-<random>`` (``ip netns exec``), which is deleted afterwards: the root
-namespace's ruleset is never touched.
+namespace ``l3fw-<random>`` (``ip netns exec``), the netlink socket is opened in it, and
+it is deleted afterwards: the root namespace's ruleset is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -18,18 +20,23 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 
 import pytest
+from fwlab import RECONCILER_PROGRAM
 
-from l3hostd.firewall import nft
+from l3hostd.firewall import elements as fwe
+from l3hostd.firewall import nfnl, nft
 from l3hostd.firewall.compile import (
-    EndpointRules,
     FirewallSettings,
-    chain_names,
-    compile_endpoint,
+    base_script,
+    compile_group,
+    compile_profile,
+    elements_script,
+    endpoint_elements,
     full_script,
-    group_delta_script,
     group_members,
-    group_set_script,
+    group_script,
+    profile_script,
 )
+from l3hostd.firewall.nfsock import NfnlError, NfnlSocket
 from l3hostd.model import Direction, Endpoint, EtherType, SecurityGroup, SecurityGroupRule
 
 pytestmark = pytest.mark.skipif(
@@ -69,14 +76,17 @@ EPS = [ep(1), ep(2), ep(3, ("app",))]
 REMOTE = {"app": frozenset({ip_address("10.2.0.1"), ip_network("10.3.0.0/16")})}
 
 
-@pytest.fixture
-def ns() -> Iterator[str]:
+def _netns() -> Iterator[str]:
     name = f"l3fw-{secrets.token_hex(4)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+ns = pytest.fixture(_netns)
+ns2 = pytest.fixture(_netns)
 
 
 def apply(script: str, ns: str) -> None:
@@ -87,17 +97,24 @@ def read(ns: str) -> nft.TableState:
     return asyncio.run(nft.read_table(S.table, netns=ns))
 
 
+def run_nft(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "nft", *args], check=True,
+                          capture_output=True, text=True).stdout
+
+
 def listing(ns: str) -> str:
-    return subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    return run_nft(ns, "list", "ruleset")
 
 
 def load(ns: str) -> None:
     apply(full_script(EPS, GROUPS, group_members(EPS, REMOTE), S), ns)
+
+
+def chains_for(e: Endpoint) -> str:
+    """The group and profile chains one endpoint needs, as one script."""
+    profile = compile_profile(e.security_groups)
+    return "".join([*(group_script(compile_group(g, GROUPS.get(g)), S) for g in profile.groups),
+                    profile_script(profile, S)])
 
 
 def test_missing_table_reads_empty(ns: str) -> None:
@@ -110,73 +127,103 @@ def test_full_script_loads_and_reads_back(ns: str) -> None:
     load(ns)  # replaces itself atomically (add table; delete table; table {...})
     state = read(ns)
     assert state.exists and state.arp.exists
+    got = fwe.interfaces_from_table(state.inet.sets, state.inet.maps, state.arp.sets)
     for e in EPS:
-        r = compile_endpoint(e, GROUPS, S)
-        n = chain_names(e.id)
-        assert state.inet.chains[n.egress] == r.digest
-        assert state.inet.chains[n.ingress] == r.digest
-        assert state.arp.chains[n.arp] == r.digest
-        assert state.inet.maps["from_vm"][e.interface] == n.egress
-        assert state.inet.maps["to_vm"][e.interface] == n.ingress
-        assert state.arp.maps["from_vm"][e.interface] == n.arp
-    assert state.inet.sets["taps"] == frozenset(e.interface for e in EPS)
-    assert state.inet.sets["g4-app"] == frozenset(
-        {"ipv4 . 10.1.0.3", "ipv4 . 10.2.0.1", "ipv4 . 10.3.0.0/16"}
-    )
+        assert got[e.interface] == endpoint_elements(e)
+        p = compile_profile(e.security_groups)
+        assert state.inet.chains[p.chains[0]] == p.digest
+        assert state.inet.refs[p.chains[0]] == {f"sg-{g}-in" for g in p.groups}
+    for name in ("web", "app"):
+        r = compile_group(name, GROUPS[name])
+        assert state.inet.chains[f"sg-{name}-in"] == state.inet.chains[f"sg-{name}-out"] == r.digest
+    assert {"@g4-app", "@g4n-app"} <= state.inet.refs["sg-web-in"]
+    assert state.inet.sets["g4-app"] == frozenset({"10.1.0.3", "10.2.0.1"})
+    assert state.inet.sets["g4n-app"] == frozenset({"ipv4 . 10.3.0.0/16"})
     assert state.inet.chains["filter-forward"] is None
+    assert len(state.inet.chains) == 8 + 4 + 4  # fixed + 2 groups + 2 profiles
 
 
-def test_endpoint_add_delete_idempotent(ns: str) -> None:
+def test_base_script_is_idempotent_and_keeps_content(ns: str) -> None:
     load(ns)
-    new = ep(4, ("web", "app"))
-    r = compile_endpoint(new, GROUPS, S)
-    n = chain_names(new.id)
-    apply(r.add_script, ns)
-    apply(r.add_script, ns)
-    state = read(ns)
-    assert state.inet.chains[n.egress] == r.digest
-    assert state.inet.maps["to_vm"][new.interface] == n.ingress
-    assert new.interface in state.inet.sets["taps"]
-    # a changed endpoint: same script shape, new digest, rules replaced
-    changed = compile_endpoint(new, {**GROUPS, "web": SecurityGroup("web")}, S)
-    assert changed.digest != r.digest
-    apply(changed.add_script, ns)
-    state = read(ns)
-    assert state.inet.chains[n.ingress] == changed.digest
-    assert state.inet.rules[n.ingress] < read_rules_before(r)
-    apply(r.delete_script, ns)
-    apply(r.delete_script, ns)
-    state = read(ns)
-    assert n.egress not in state.inet.chains and n.ingress not in state.inet.chains
-    assert n.arp not in state.arp.chains
-    assert new.interface not in state.inet.maps["from_vm"]
-    assert new.interface not in state.inet.sets["taps"]
-    # the others are untouched
-    assert set(state.inet.maps["from_vm"]) == {e.interface for e in EPS}
+    before = read(ns)
+    apply(base_script(S), ns)
+    apply(base_script(S), ns)
+    after = read(ns)
+    assert after.inet.maps == before.inet.maps and after.inet.sets == before.inet.sets
+    assert after.arp.sets == before.arp.sets and after.inet.chains == before.inet.chains
 
 
-def read_rules_before(r: EndpointRules) -> int:
-    return sum(1 for ln in r.add_script.splitlines() if " rule inet " in ln)
-
-
-def test_group_set_script_replaces_members(ns: str) -> None:
-    load(ns)
-    members = frozenset({ip_address("192.0.2.1"), ip_address("2001:db8:ff::1")})
-    apply(group_set_script("app", members, S), ns)
-    apply(group_set_script("app", members, S), ns)
+def test_netlink_elements_read_back_like_nft_text(ns: str, ns2: str) -> None:
+    """The same endpoints, elements written by our packer in one namespace and as nft
+    text in the other: nft lists the same table."""
+    for name in (ns, ns2):
+        apply(base_script(S) + "".join(chains_for(e) for e in EPS), name)
+    with NfnlSocket(ns) as sock:
+        for e in EPS:
+            sock.send(fwe.interface_ops(e.interface, None, endpoint_elements(e), S.table))
+        members = fwe.members_of([ip_address("10.2.0.1"), ip_network("10.3.0.0/16"),
+                                  ip_address("fd00::7")])
+        sock.send(fwe.member_ops(("g4-app", "g6-app", "g4n-app", "g6n-app"), None, members,
+                                 S.table))
+    text = "".join(elements_script(e.interface, endpoint_elements(e), S) for e in EPS)
+    text += ("add element inet l3hostd g4-app { 10.2.0.1 }\n"
+             "add element inet l3hostd g4n-app { ipv4 . 10.3.0.0/16 }\n"
+             "add element inet l3hostd g6-app { fd00::7 }\n")
+    apply(text, ns2)
+    for family, what in (("inet", "set"), ("inet", "map"), ("arp", "set")):
+        names = {"inet": ["taps", "src_mac", "src4", "src6", "src4net", "src6net",
+                          "g4-app", "g6-app", "g4n-app", "g6n-app"],
+                 "arp": ["taps", "src4", "src4net"]}[family] if what == "set" \
+            else ["from_vm", "to_vm"]
+        for name in names:
+            a = json.loads(run_nft(ns, "-j", "list", what, family, S.table, name))
+            b = json.loads(run_nft(ns2, "-j", "list", what, family, S.table, name))
+            strip = [o for o in a["nftables"] if "metainfo" not in o]
+            assert strip == [o for o in b["nftables"] if "metainfo" not in o], (family, name)
     state = read(ns)
-    assert state.inet.sets["g4-app"] == frozenset({"ipv4 . 192.0.2.1"})
-    assert state.inet.sets["g6-app"] == frozenset({"ipv6 . 2001:db8:ff::1"})
-    apply(group_delta_script("app", [ip_address("192.0.2.2")], [ip_address("192.0.2.1")], S), ns)
-    assert read(ns).inet.sets["g4-app"] == frozenset({"ipv4 . 192.0.2.2"})
-    apply(group_set_script("new-group", frozenset(), S), ns)  # creates the sets
-    assert read(ns).inet.sets["g4-new-group"] == frozenset()
+    got = fwe.interfaces_from_table(state.inet.sets, state.inet.maps, state.arp.sets)
+    assert got == {e.interface: endpoint_elements(e) for e in EPS}
+    sets = state.inet.sets
+    assert fwe.members_from_sets(sets["g4-app"] | sets["g4n-app"],
+                                 sets["g6-app"] | sets["g6n-app"]) == members
+
+
+def test_netlink_batches_are_atomic_and_deltas_apply(ns: str) -> None:
+    apply(base_script(S) + chains_for(EPS[0]) + chains_for(EPS[2]), ns)
+    a, c = endpoint_elements(EPS[0]), endpoint_elements(EPS[2])
+    with NfnlSocket(ns) as sock:
+        good = fwe.interface_ops(EPS[0].interface, None, a, S.table)
+        bad = nfnl.SetOp(nfnl.ADD, nfnl.NFPROTO_INET, S.table, "from_vm",
+                         (nfnl.Element(nfnl.ifname("tapx"), jump="no-such-chain"),))
+        for batch in ([*good, bad], [bad, *good]):  # failing last, failing first
+            with pytest.raises(NfnlError) as err:
+                sock.send(batch)
+            assert err.value.errno == 2 and "from_vm" in str(err.value)
+            assert not read(ns).inet.sets["taps"], "a refused batch changes nothing"
+        sock.send(good)
+        # the endpoint moves to another profile and gets a pair covering its address:
+        # map entries deleted and re-added, overlapping source swapped, in one batch
+        moved = endpoint_elements(Endpoint(EPS[0].id, EPS[0].interface, EPS[0].mac,
+                                           EPS[0].ips, (ip_network("10.1.0.0/24"),), ("app",)))
+        assert moved.to_vm == c.to_vm and moved.src4 == frozenset({"10.1.0.0/24"})
+        sock.send(fwe.interface_ops(EPS[0].interface, a, moved, S.table))
+        state = read(ns)
+        assert fwe.interfaces_from_table(state.inet.sets, state.inet.maps,
+                                         state.arp.sets)[EPS[0].interface] == moved
+        with pytest.raises(NfnlError) as err:  # deleting what is not there
+            sock.send(fwe.interface_ops("tapnone", a, None, S.table))
+        assert err.value.errno == 2
+        sock.send(fwe.interface_ops(EPS[0].interface, moved, None, S.table))
+        assert sock.batches == 3
+    state = read(ns)
+    assert not state.inet.sets["taps"] and not state.inet.maps["from_vm"]
+    assert not state.arp.sets["src4"]
 
 
 def test_bad_script_raises_and_changes_nothing(ns: str) -> None:
     load(ns)
     before = listing(ns)
-    good = compile_endpoint(ep(5), GROUPS, S).add_script
+    good = chains_for(ep(5, ("web", "app")))
     with pytest.raises(nft.NftError, match="Error"):
         apply(good + "add rule inet l3hostd filter-forward bogus stuff\n", ns)
     with pytest.raises(nft.NftError):  # deleting what is not there
@@ -228,3 +275,28 @@ def test_libnftables_in_namespace(ns: str) -> None:
     ).stdout
     assert out.strip() == "ERR True"
     assert "chain c" in listing(ns)
+
+
+@pytest.mark.parametrize("start", ["empty", "legacy"])
+def test_reconciler_adopts_collects_and_replaces(ns: str, start: str) -> None:
+    """The reconciler itself (libnftables + netlink, in process, in a child inside the
+    namespace): loads from an empty table or replaces an old-layout one atomically; a
+    restart adopts without rewriting (rule handles unchanged, no element batch); a moved
+    endpoint's unused chains are collected; a resync afterwards finds nothing to do."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", RECONCILER_PROGRAM, start],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["ready"] == [True, True, True], out["error"]
+    assert out["replaced"] == (1 if start == "legacy" else 0)
+    assert out["adopted_ready"] == [True, True, True]
+    assert out["handles"] and out["handles_after_restart"] == out["handles"]
+    assert out["batches_after_restart"] == 0
+    app = compile_profile(["app"])
+    fixed = ["filter-forward", "filter-input", "nat-prerouting", "vm-egress", "vm-egress-ok",
+             "vm-ingress", "vm-source", "vm-to-host"]
+    assert out["chains_after_gc"] == sorted([*fixed, *app.chains, "sg-app-in", "sg-app-out"])
+    assert out["ready_after_move"]
+    assert out["dirty_after_resync"] == 0

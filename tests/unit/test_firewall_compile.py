@@ -2,7 +2,8 @@
 
 Golden files live in ``tests/unit/firewall_golden/<case>.nft``; regenerate them with
 ``L3HOSTD_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_firewall_compile.py``
-and review the diff. That the text is accepted by nft itself is checked by
+and review the diff. That the text is accepted by nft itself, and that the netlink
+element batches give the same table as the text, is checked by
 tests/integration/test_firewall_nft.py.
 """
 
@@ -22,13 +23,18 @@ from hypothesis import strategies as st
 from l3hostd.firewall.compile import (
     FirewallSettings,
     base_script,
-    chain_names,
-    compile_endpoint,
+    compile_group,
+    compile_profile,
+    elements_script,
+    endpoint_elements,
     full_script,
-    group_delta_script,
+    gc_script,
+    group_chains,
     group_members,
-    group_set_script,
+    group_script,
     group_sets,
+    profile_chains,
+    profile_script,
 )
 from l3hostd.model import (
     Direction,
@@ -153,10 +159,20 @@ def check_golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"{name} differs from its golden file"
 
 
+def endpoint_text(ep: Endpoint) -> str:
+    """Everything one endpoint needs, as nft text: its groups' chains, its profile's
+    chains, then its elements (which the daemon writes over netlink)."""
+    profile = compile_profile(ep.security_groups)
+    parts = ["# groups\n"]
+    parts += [group_script(compile_group(g, GROUPS.get(g)), S) for g in profile.groups]
+    parts += ["# profile\n", profile_script(profile, S)]
+    parts += ["# elements\n", elements_script(ep.interface, endpoint_elements(ep, profile), S)]
+    return "".join(parts)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_endpoint_golden(case: str) -> None:
-    r = compile_endpoint(CASES[case], GROUPS, S)
-    check_golden(case, f"# add\n{r.add_script}# delete\n{r.delete_script}")
+    check_golden(case, endpoint_text(CASES[case]))
 
 
 def test_base_golden() -> None:
@@ -175,84 +191,108 @@ def test_full_golden() -> None:
     check_golden("full", full_script(eps, GROUPS, group_members(eps, MEMBERS), S))
 
 
-def test_group_set_golden() -> None:
-    members = MEMBERS["app"] | {ip_address("10.9.1.7"), ip_address("10.9.0.2")}
-    check_golden("group_set", group_set_script("app", members, S))
+def test_gc_golden() -> None:
+    p = compile_profile(["web", "default"])
+    check_golden("gc", gc_script([*p.chains, *group_chains("web")], ["app"], S))
 
 
-def test_rules_fields() -> None:
-    r = compile_endpoint(CASES["web_remote_group"], GROUPS, S)
-    assert r.groups == frozenset({"app", "default"})
-    assert r.endpoint_id == CASES["web_remote_group"].id
-    assert r.interface == "tap8a3f1c02-4e"
-    assert f'comment "l3hostd:{r.digest}"' in r.add_script
-    names = chain_names(r.endpoint_id)
-    assert names.egress == "from-8a3f1c2d-4e5b-4c8e-9a61-2f0b7c3d9e02"
-    assert names.ingress == "to-8a3f1c2d-4e5b-4c8e-9a61-2f0b7c3d9e02"
+def test_names() -> None:
+    assert group_chains("web") == ("sg-web-in", "sg-web-out")
+    assert group_sets("web") == ("g4-web", "g6-web", "g4n-web", "g6n-web")
+    odd = group_sets("Web Servers!")
+    assert re.fullmatch(r"g4-[a-z0-9-]+_[0-9a-f]{8}", odd[0])
+    assert group_sets("a_b") != group_sets("a-b")
+    p = compile_profile(["web", "default", "web"])
+    assert p.groups == ("default", "web")
+    assert p.chains == profile_chains(p.pid)
+    assert compile_profile(["default", "web"]) == p
+    assert compile_profile(["web"]).pid != p.pid
+    assert compile_profile([]).ingress == (f'drop comment "l3hostd:{compile_profile([]).digest}"',)
 
 
-def test_egress_returns_ingress_accepts() -> None:
-    r = compile_endpoint(CASES["egress_only"], GROUPS, S)
-    egress = [ln for ln in r.add_script.splitlines() if " rule inet l3hostd from-" in ln]
-    ingress = [ln for ln in r.add_script.splitlines() if " rule inet l3hostd to-" in ln]
-    assert not any(ln.endswith(" accept") for ln in egress)
-    assert egress[-1].endswith(" drop") and ingress[-1].endswith(" drop")
-    assert "udp dport 53 return" in r.add_script
+def test_profile_tries_each_group_then_drops() -> None:
+    p = compile_profile(["web", "default"])
+    assert p.ingress[:-1] == ("jump sg-default-in", "jump sg-web-in")
+    assert p.egress[:-1] == ("jump sg-default-out", "jump sg-web-out")
+    assert p.ingress[-1].startswith("drop comment") and p.egress[-1].startswith("drop comment")
+
+
+def test_group_rules_fields() -> None:
+    r = compile_group("web", GROUPS["web"])
+    assert r.remote == frozenset({"app"})
+    assert r.chains == ("sg-web-in", "sg-web-out")
+    assert r.ingress[-1] == r.egress[-1] == f'return comment "l3hostd:{r.digest}"'
+    # a remote group: its host set or its prefix set
+    assert "ip saddr @g4-app tcp dport 5432 accept" in r.ingress
+    assert "meta nfproto . ip saddr @g4n-app tcp dport 5432 accept" in r.ingress
+    unknown = compile_group("nonexistent", None)
+    assert unknown.ingress == (f'return comment "l3hostd:{unknown.digest}"',)
+    assert unknown.egress == (f'return comment "l3hostd:{unknown.digest}"',)
+
+
+def test_egress_goes_to_egress_ok_ingress_accepts() -> None:
+    """Egress never ends in accept (the destination VM's ingress must still run) and never
+    in a plain return (that would only return to the profile chain)."""
+    r = compile_group("egress-only", GROUPS["egress-only"])
+    assert all(x.endswith(" goto vm-egress-ok") for x in r.egress[:-1])
+    assert "ip daddr 10.0.0.53 udp dport 53 goto vm-egress-ok" in r.egress
+    assert not any(x.endswith(" accept") for x in r.egress)
+    ingress = compile_group("ssh-icmp", GROUPS["ssh-icmp"]).ingress
+    assert all(x.endswith(" accept") for x in ingress[:-1])
 
 
 def test_families_never_mix() -> None:
     """Every rule names its family: an IPv4 rule never matches IPv6 and vice versa."""
-    for ep in CASES.values():
-        r = compile_endpoint(ep, GROUPS, S)
-        for line in r.add_script.splitlines():
-            m = re.match(r"add rule inet l3hostd (to|from)-\S+ (.*) (accept|return)$", line)
-            if m is None or m.group(2).startswith("ct state"):
-                continue
-            body = m.group(2)
-            assert re.search(r"meta nfproto ipv[46]|\bip6? [sd]addr|icmpv6 |icmp ", body), line
-
-
-def test_group_names_are_safe_and_distinct() -> None:
-    assert group_sets("web") == ("g4-web", "g6-web")
-    odd = group_sets("Web Servers!")
-    assert re.fullmatch(r"g4-[a-z0-9-]+_[0-9a-f]{8}", odd[0])
-    assert group_sets("a_b") != group_sets("a-b")
+    for name, group in GROUPS.items():
+        r = compile_group(name, group)
+        for line in (*r.ingress[:-1], *r.egress[:-1]):
+            assert re.search(r"meta nfproto ipv[46]|\bip6? [sd]addr|icmpv6 |icmp ", line), line
 
 
 def test_digest_changes_with_rules() -> None:
-    ep = CASES["ssh_icmp"]
-    before = compile_endpoint(ep, GROUPS, S)
-    groups = dict(GROUPS)
-    groups["ssh-icmp"] = SecurityGroup("ssh-icmp", (R(ING, V4, "tcp", 2222, 2222),))
-    after = compile_endpoint(ep, groups, S)
+    before = compile_group("ssh-icmp", GROUPS["ssh-icmp"])
+    after = compile_group("ssh-icmp", SecurityGroup("ssh-icmp", (R(ING, V4, "tcp", 2222, 2222),)))
     assert before.digest != after.digest
-    assert compile_endpoint(ep, GROUPS, S).digest == before.digest
+    assert compile_group("ssh-icmp", GROUPS["ssh-icmp"]).digest == before.digest
+    # the same rules under another name are another chain
+    assert compile_group("other", GROUPS["ssh-icmp"]).digest != before.digest
 
 
-def test_group_members_and_delta() -> None:
+def test_endpoint_elements() -> None:
+    ep = CASES["allowed_address_pairs"]
+    el = endpoint_elements(ep)
+    p = compile_profile(ep.security_groups)
+    assert (el.to_vm, el.from_vm) == p.chains
+    assert el.tap and el.arp_tap
+    assert el.macs == frozenset({"fa:16:3e:12:34:07"})
+    # the /32 pair is a plain address (hash set), the /24 (interval set) swallows 10.20.0.5
+    assert el.src4 == frozenset({"158.39.77.7", "158.39.77.200", "10.20.0.0/24"})
+    assert el.src6 == frozenset({"2001:700:2:8201::/64"})  # covers the VM's own address
+    assert el.arp_src4 == el.src4
+    none = endpoint_elements(CASES["no_groups"])
+    assert (none.to_vm, none.from_vm) == compile_profile([]).chains
+
+
+def test_group_members() -> None:
     eps = [CASES["web_remote_group"], CASES["ssh_icmp"]]
     m = group_members(eps, MEMBERS)
     assert m["default"] == frozenset(CASES["web_remote_group"].ips)
     assert m["app"] == MEMBERS["app"]
     assert m["ssh-icmp"] == frozenset(CASES["ssh_icmp"].ips)
-    d = group_delta_script("app", [ip_address("10.9.0.7")], [ip_address("fd00::1")], S)
-    assert d == (
-        "delete element inet l3hostd g6-app { ipv6 . fd00::1 }\n"
-        "add element inet l3hostd g4-app { ipv4 . 10.9.0.7 }\n"
-    )
-    assert group_delta_script("app", [], [], S) == ""
 
 
 def test_rejects_unsafe_values() -> None:
     with pytest.raises(ValueError):
-        compile_endpoint(replace(endpoint(1, ()), mac='fa:16:3e:00:00:01" drop'), GROUPS, S)
+        endpoint_elements(replace(endpoint(1, ()), mac='fa:16:3e:00:00:01" drop'))
     bad_if = Endpoint("x", 'tap"; flush ruleset', "fa:16:3e:00:00:01", ())
     with pytest.raises(ValueError):
-        compile_endpoint(bad_if, GROUPS, S)
+        endpoint_elements(bad_if)
     with pytest.raises(ValueError):
         base_script(FirewallSettings(interface_patterns=("t?p*",)))
     with pytest.raises(ValueError):
         base_script(FirewallSettings(metadata_address=("::1", 8775)))
+    with pytest.raises(ValueError):
+        base_script(FirewallSettings(table="bad table"))
     with pytest.raises(ValueError):
         full_script([CASES["ssh_icmp"], CASES["ssh_icmp"]], GROUPS, {}, S)
 
@@ -285,8 +325,11 @@ def endpoints_st(draw: st.DrawFn) -> list[Endpoint]:
     out = []
     for i in range(n):
         ips: tuple[IPAddress, ...] = (IPv4Address(f"10.0.0.{i + 1}"), IPv6Address(f"fd00::{i + 1}"))
+        pairs = tuple(draw(st.lists(st.sampled_from(
+            [ip_network("10.9.0.0/24"), ip_network(f"10.0.0.{i + 1}/32"),
+             ip_network("10.9.0.8/29"), ip_network("fd00:9::/64")]), max_size=3)))
         sgs = tuple(draw(st.lists(st.sampled_from(["g1", "g2", "g3"]), max_size=3)))
-        out.append(Endpoint(f"ep{i}", f"tap{i}", f"fa:16:3e:00:00:{i:02x}", ips, (), sgs))
+        out.append(Endpoint(f"ep{i}", f"tap{i}", f"fa:16:3e:00:00:{i:02x}", ips, pairs, sgs))
     return out
 
 
@@ -318,8 +361,8 @@ def test_stable_under_reordering(
             e.id,
             e.interface,
             e.mac,
-            e.ips,
-            (),
+            tuple(rnd.sample(e.ips, len(e.ips))),
+            tuple(rnd.sample(e.allowed_address_pairs, len(e.allowed_address_pairs))),
             tuple(rnd.sample(e.security_groups, len(e.security_groups))),
         )
         for e in eps2
@@ -327,7 +370,18 @@ def test_stable_under_reordering(
     assert full_script(eps2, groups2, group_members(eps2, {}), S) == text
     for a in eps:
         b = next(e for e in eps2 if e.id == a.id)
-        assert compile_endpoint(a, groups, S) == compile_endpoint(b, groups2, S)
+        assert endpoint_elements(a) == endpoint_elements(b)
+        assert compile_profile(a.security_groups) == compile_profile(b.security_groups)
+    for name in groups:
+        assert compile_group(name, groups[name]) == compile_group(name, groups2[name])
+
+
+def _block(text: str, table: str) -> str:
+    return text.split(f"table {table} l3hostd {{")[1].split("\n}\n")[0]
+
+
+def _decl(block: str, kind: str, name: str) -> str:
+    return next(ln for ln in block.splitlines() if ln.strip().startswith(f"{kind} {name} "))
 
 
 @settings(max_examples=60, deadline=None)
@@ -335,28 +389,37 @@ def test_stable_under_reordering(
 def test_every_tap_dispatched_exactly_once(
     eps: list[Endpoint], groups: dict[str, SecurityGroup]
 ) -> None:
+    """Each managed TAP is in both dispatch maps exactly once (to its own profile's
+    chains, which exist), in both TAP sets, and has its source MAC; nothing else is."""
     text = full_script(eps, groups, group_members(eps, {}), S)
-    for table, m in (("inet", "from_vm"), ("inet", "to_vm"), ("arp", "from_vm")):
-        block = text.split(f"table {table} l3hostd {{")[1]
-        line = next(ln for ln in block.splitlines() if ln.strip().startswith(f"map {m} "))
+    inet, arp = _block(text, "inet"), _block(text, "arp")
+    chains = set(re.findall(r"^\tchain (\S+) \{", inet, re.M))
+    for m, side in (("from_vm", 1), ("to_vm", 0)):
+        line = _decl(inet, "map", m)
         for ep in eps:
             assert line.count(f'"{ep.interface}" : jump ') == 1
+            target = compile_profile(ep.security_groups).chains[side]
+            assert f'"{ep.interface}" : jump {target}' in line
+            assert target in chains
         assert line.count(" : jump ") == len(eps)
-    taps = next(ln for ln in text.splitlines() if ln.strip().startswith("set taps "))
-    assert all(taps.count(f'"{ep.interface}"') == 1 for ep in eps)
+    for block, name in ((inet, "taps"), (arp, "taps")):
+        line = _decl(block, "set", name)
+        assert all(line.count(f'"{ep.interface}"') == 1 for ep in eps)
+        assert line.count('"') == 2 * len(eps)
+    line = _decl(inet, "set", "src_mac")
+    assert all(line.count(f'"{ep.interface}" . ') == 1 for ep in eps)
 
 
 @settings(max_examples=80, deadline=None)
 @given(endpoints_st(), groups_st)
-def test_no_anonymous_sets_in_endpoint_rules(
+def test_no_anonymous_sets_in_rules(
     eps: list[Endpoint], groups: dict[str, SecurityGroup]
 ) -> None:
-    for ep in eps:
-        r = compile_endpoint(ep, groups, S)
-        for line in r.add_script.splitlines():
-            if line.startswith("add rule "):
-                assert "{" not in line, line
-        assert r.groups <= frozenset({"g1", "g2"})
+    for name, group in groups.items():
+        r = compile_group(name, group)
+        for rule in (*r.ingress, *r.egress):
+            assert "{" not in rule, rule
+        assert r.remote <= frozenset({"g1", "g2"})
     text = full_script(eps, groups, group_members(eps, {}), S)
     in_chain = False
     for line in text.splitlines():
@@ -367,3 +430,17 @@ def test_no_anonymous_sets_in_endpoint_rules(
             in_chain = False
         elif in_chain:
             assert "{" not in s, s
+
+
+@settings(max_examples=60, deadline=None)
+@given(endpoints_st())
+def test_source_elements_never_overlap(eps: list[Endpoint]) -> None:
+    """Interval sets refuse overlapping elements: per TAP, no source prefix covers
+    another."""
+    for ep in eps:
+        el = endpoint_elements(ep)
+        for values in (el.src4, el.src6):
+            nets = [ip_network(v) for v in values]
+            for a in nets:
+                for b in nets:
+                    assert a == b or not a.overlaps(b), (a, b)  # type: ignore[arg-type]
