@@ -59,10 +59,28 @@ ExaBGP pitfalls handled here (measured with 5.0.15)
     (0.0.0.0, ::, multicast, loopback, an IPv6 link-local one in the global field) are
     accepted: all are treat-as-withdraw here (RFC 4271 §6.3: ignore the route);
   - an UPDATE whose attributes all decode to nothing (e.g. only an empty AS_PATH) is
-    reported by ExaBGP as IPv4 End-of-RIB; only the 4-byte empty UPDATE is one here.
+    reported by ExaBGP as IPv4 End-of-RIB; only the 4-byte empty UPDATE is one here, and
+    another family's End-of-RIB is an UPDATE holding nothing but an empty MP_UNREACH_NLRI
+    of a negotiated family (ExaBGP also reports one beside another attribute, or for an
+    unknown AFI/SAFI);
+  - ExaBGP applies its zero-length rule before an attribute's class, so a zero-length
+    AGGREGATOR / AS4_PATH / AS4_AGGREGATOR (discard, RFC 7606 §7.7, RFC 6793 §6) made the
+    UPDATE treat-as-withdraw; and it drops an empty AS_PATH, then decodes a repeated
+    AS_PATH as the first (RFC 7606 §3.g keeps the first): when ExaBGP says
+    treat-as-withdraw, such attributes are taken out and the UPDATE decoded again;
+  - an empty or repeated MP_REACH/MP_UNREACH came back as treat-as-withdraw, as did one
+    whose extended length is cut: their NLRI cannot be located, so it raises (3/9, 3/1);
+  - on a session without IPv4 unicast, the classic Withdrawn Routes and NLRI fields are
+    ignored (as FRR does) instead of installed;
+  - OPEN: an Optional Parameters Length running past the message was accepted (2/0 here),
+    an optional parameter of type 1 got the deprecated subcode 5 (2/4 here), My AS 0 was
+    accepted beside a 4-octet AS capability (2/2, RFC 7607).
+  These were found by the fuzzer (``bench/fuzz.py``); each has a regression test in
+  ``tests/unit/test_fuzz_bgp.py``.
 * **IPv6 with a global and a link-local next hop** (BIRD sends both, next-hop length 32):
   ExaBGP yields every prefix twice, once per next hop. We keep one route per
-  (prefix, path id), with the global next hop.
+  (prefix, path id), with the global next hop (only for IPv6: the same IPv4 prefix in the
+  NLRI field and in an MP_REACH_NLRI is two routes, each next hop is checked).
 * **Exceptions other than Notify** (IndexError, struct.error, ValueError... ExaBGP's own
   FIXME says so) are wrapped into BgpError 3/1 for UPDATE and 2/0 for OPEN, with the
   original message in ``reason``. ``Notify`` becomes ``BgpError(code, subcode)``; its
@@ -177,6 +195,9 @@ _ATTRIBUTE_NAMES = {
     MP_REACH_NLRI: "MP_REACH_NLRI", MP_UNREACH_NLRI: "MP_UNREACH_NLRI", 16: "EXTENDED_COMMUNITIES",
     AS4_PATH: "AS4_PATH", AS4_AGGREGATOR: "AS4_AGGREGATOR", LARGE_COMMUNITY: "LARGE_COMMUNITY",
 }  # fmt: skip
+
+#: Malformed means discard for these (RFC 7606 §7.7, RFC 6793 §6), zero length included
+_DISCARD_WHEN_EMPTY: Final = frozenset({AGGREGATOR, AS4_PATH, AS4_AGGREGATOR})
 
 # ExaBGP's marker for treat-as-withdraw in a decoded attribute set (attribute-discard has
 # one too, 0xFFFE; the discarded attribute is simply absent, which is all we need)
@@ -303,7 +324,8 @@ def _family_objects(family: Family) -> tuple[Any, Any]:
 def _walk_attributes(block: bytes) -> tuple[list[tuple[int, int, bytes]], str, int | None]:
     """Frame the path attributes without decoding them: the well-framed ``(flags, code,
     value)`` list, then what stopped the walk ("" if nothing), and the type code of an
-    attribute whose length overran the section (None if none)."""
+    attribute whose length overran the section or whose extended length was cut (None if
+    none)."""
     out: list[tuple[int, int, bytes]] = []
     offset, end = 0, len(block)
     while offset < end:
@@ -312,7 +334,7 @@ def _walk_attributes(block: bytes) -> tuple[list[tuple[int, int, bytes]], str, i
         flags, code = block[offset], block[offset + 1]
         if flags & F_EXTENDED:
             if end - offset < 4:
-                return out, f"truncated {_attribute_name(code)} header", None
+                return out, f"truncated {_attribute_name(code)} header", code
             length = _U16.unpack_from(block, offset + 2)[0]
             start = offset + 4
         else:
@@ -330,6 +352,80 @@ def _attribute_block(body: bytes) -> bytes:
     withdrawn_len = _U16.unpack_from(body, 0)[0]
     attr_len = _U16.unpack_from(body, 2 + withdrawn_len)[0]
     return body[4 + withdrawn_len : 4 + withdrawn_len + attr_len]
+
+
+def _without_ignored_attributes(body: bytes) -> bytes | None:
+    """The UPDATE without the attributes RFC 7606 says to ignore, or None if it has none:
+    repeats of an attribute other than MP_REACH/MP_UNREACH (§3.g: the first one counts) and
+    zero-length AGGREGATOR, AS4_PATH and AS4_AGGREGATOR (malformed ones of these three are
+    discarded: §7.7, RFC 6793 §6). Called only for an UPDATE ExaBGP marked treat-as-withdraw:
+    it drops an empty AS_PATH and then decodes a repeated AS_PATH as if it were the first,
+    and applies its zero-length rule before looking at the attribute's class."""
+    framed, stop, _ = _walk_attributes(_attribute_block(body))
+    if stop:
+        return None  # treat-as-withdraw anyway
+    kept: list[tuple[int, int, bytes]] = []
+    seen: set[int] = set()
+    for flags, code, value in framed:
+        if code in (MP_REACH_NLRI, MP_UNREACH_NLRI):
+            kept.append((flags, code, value))  # twice is a session reset: keep both
+        elif code not in seen and (value or code not in _DISCARD_WHEN_EMPTY):
+            kept.append((flags, code, value))
+        seen.add(code)
+    if len(kept) == len(framed):
+        return None
+    block = b"".join(
+        struct.pack("!BBH" if flags & F_EXTENDED else "!BBB", flags, code, len(value)) + value
+        for flags, code, value in kept
+    )
+    withdrawn_len = _U16.unpack_from(body, 0)[0]
+    nlri_start = 4 + withdrawn_len + _U16.unpack_from(body, 2 + withdrawn_len)[0]
+    return body[: 2 + withdrawn_len] + _U16.pack(len(block)) + block + body[nlri_start:]
+
+
+def _without_ipv4_fields(body: bytes) -> bytes:
+    """The UPDATE with empty Withdrawn Routes and NLRI fields, for a session that did not
+    negotiate IPv4 unicast: what they hold is of a family the peer was not to send, and is
+    ignored (as FRR does: "UPDATE for non-enabled AFI/SAFI"), rather than installed. A body
+    whose lengths do not add up is returned as it is, for the error path."""
+    if len(body) < 4:
+        return body
+    withdrawn_len = _U16.unpack_from(body, 0)[0]
+    if 4 + withdrawn_len > len(body):
+        return body
+    attr_end = 4 + withdrawn_len + _U16.unpack_from(body, 2 + withdrawn_len)[0]
+    if attr_end > len(body) or (withdrawn_len == 0 and attr_end == len(body)):
+        return body
+    return b"\x00\x00" + body[2 + withdrawn_len : attr_end]
+
+
+def _open_layout_problem(body: bytes) -> str:
+    """What is wrong with the lengths of an OPEN body ("" if nothing): the Optional
+    Parameters Length must cover exactly the rest of the message (RFC 4271 §4.2; ExaBGP
+    accepts a length that runs past the end). The extended form of RFC 9072 (length 255,
+    type 255) is left to ExaBGP."""
+    if len(body) < 10:
+        return ""  # ExaBGP answers Bad Message Length, as framing would
+    if body[9] == 255 and body[10:11] == b"\xff":
+        return ""
+    if body[9] != len(body) - 10:
+        return f"optional parameters length {body[9]}, {len(body) - 10} bytes follow"
+    return ""
+
+
+def _is_mp_end_of_rib(body: bytes) -> bool:
+    """RFC 4724 §2: no withdrawn routes, no NLRI, one attribute: an MP_UNREACH_NLRI that
+    holds only its AFI/SAFI."""
+    if body[:2] != b"\x00\x00":
+        return False
+    attr_len = _U16.unpack_from(body, 2)[0]
+    if 4 + attr_len != len(body):
+        return False
+    framed, stop, _ = _walk_attributes(body[4:])
+    if stop or len(framed) != 1:
+        return False
+    _, code, value = framed[0]
+    return code == MP_UNREACH_NLRI and len(value) == 3
 
 
 def _prefix(packed: bytes, mask: int) -> IPNetwork:
@@ -505,10 +601,21 @@ class Codec:
                 ErrorCode.OPEN_MESSAGE, 1, _U16.pack(BGP_VERSION),
                 f"OPEN: unsupported version {body[0]}, we speak {BGP_VERSION}",
             )  # fmt: skip
+        problem = _open_layout_problem(body)
+        if problem:
+            raise BgpError(ErrorCode.OPEN_MESSAGE, 0, b"", f"OPEN: {problem}")
+        if body[1:3] == b"\x00\x00":  # RFC 7607 §2
+            raise BgpError(ErrorCode.OPEN_MESSAGE, 2, b"", "OPEN: My AS 0")
         try:
             exa = ExaOpen.unpack_message(body)
             message = self._from_exa_open(exa)
         except Notify as exc:
+            if (int(exc.code), int(exc.subcode)) == (ErrorCode.OPEN_MESSAGE, 5):
+                # ExaBGP's deprecated Authentication Failure for an optional parameter of
+                # type 1: RFC 4271 §6.2 says Unsupported Optional Parameter
+                raise BgpError(
+                    ErrorCode.OPEN_MESSAGE, 4, b"", f"OPEN: {_notify_text(exc)}"
+                ) from None
             raise _bgp_error(exc, "OPEN") from None
         except Exception as exc:  # anything else ExaBGP raises on malformed input
             raise BgpError(
@@ -678,7 +785,15 @@ class Codec:
         if self.negotiated is None:
             raise BgpError(ErrorCode.FSM, 0, b"", "UPDATE before the session was negotiated")
         body = bytes(body)
+        if IPV4_UNICAST not in self.negotiated.families:
+            stripped = _without_ipv4_fields(body)
+            if stripped != body:
+                # what was taken out was there: this is no End-of-RIB (RFC 4724 §2)
+                result = self.decode_update(stripped)
+                return _EMPTY_UPDATE if result.end_of_rib is not None else result
         if body == _EOR_IPV4_BODY:
+            if IPV4_UNICAST not in self.negotiated.families:
+                return _EMPTY_UPDATE
             return Update(end_of_rib=IPV4_UNICAST)
         collecting = gc.isenabled()
         if collecting:
@@ -731,10 +846,16 @@ class Codec:
             first = _first_prefix_length(body, nlri_start, add_path)
             probe = b"\x00\x00" + body[2 + wlen : nlri_start + first]
             result = self._decode_update(probe)  # raises the message's BgpError, if any
-            if result.treat_as_withdraw:
+            # The block may itself carry prefixes (an MP_UNREACH/MP_REACH beside the IPv4
+            # NLRI): then it is no template, the full path handles the message.
+            if result.treat_as_withdraw and not result.announced:
+                if result.withdrawn != (announced[0],):
+                    return None
                 template = result.treat_as_withdraw
             elif len(result.announced) == 1 and not result.withdrawn:
                 route = result.announced[0]
+                if (route.prefix, route.path_id) != announced[0]:
+                    return None
                 template = (route.next_hop, route.attributes)
             else:
                 return None
@@ -773,14 +894,27 @@ class Codec:
 
     def _convert(self, exa: Any, body: bytes) -> Update:
         if isinstance(exa, EOR):
-            family = exa.nlris[0].family().afi_safi()
-            if (int(family[0]), int(family[1])) == IPV4_UNICAST:
-                # only the 4-byte empty UPDATE is the IPv4 EoR (handled before ExaBGP):
-                # this one carried attributes that decode to nothing
+            afi, safi = exa.nlris[0].family().afi_safi()
+            family = (int(afi), int(safi))
+            assert self.negotiated is not None
+            if (
+                family == IPV4_UNICAST
+                or family not in self.negotiated.families
+                or not _is_mp_end_of_rib(body)
+            ):
+                # only the 4-byte empty UPDATE is the IPv4 EoR (handled before ExaBGP), and
+                # only an UPDATE holding nothing but an empty MP_UNREACH_NLRI is another
+                # family's (RFC 4724 §2); one of a family we did not negotiate means nothing
                 return _EMPTY_UPDATE
-            return Update(end_of_rib=(int(family[0]), int(family[1])))
+            return Update(end_of_rib=family)
 
         attributes = exa.attributes
+        if _TREAT_AS_WITHDRAW in attributes:
+            cleaned = _without_ignored_attributes(body)
+            if cleaned is not None:
+                result = self._decode_update(cleaned)
+                # what was taken out was there: this was no End-of-RIB (RFC 4724 §2)
+                return _EMPTY_UPDATE if result.end_of_rib is not None else result
         announced: list[Route] = []
         withdrawn: list[tuple[IPNetwork, int]] = []
         refused: list[tuple[IPNetwork, int]] = []  # announced, but treat-as-withdraw
@@ -796,9 +930,12 @@ class Codec:
                 continue
             path_info = nlri.path_info.path_info
             this = (packed, mask, path_info)
-            if this == last:
-                # ExaBGP's twin of an IPv6 prefix for the link-local next hop of a 32-byte
-                # MP_REACH next hop: keep the first, the global one (RFC 2545 §3)
+            if this == last and len(packed) == 16:
+                # ExaBGP's twin of an IPv6 prefix for the second address of a 32-byte
+                # MP_REACH next hop: keep the first, the global one (RFC 2545 §3); the
+                # second is ignored even when it is not link-local, as FRR does. Only IPv6:
+                # the same IPv4 prefix from the NLRI field and from an MP_REACH_NLRI is two
+                # routes, each with its own next hop to check.
                 continue
             last = this
             if mask == 32 and len(packed) == 4:
@@ -890,10 +1027,19 @@ class Codec:
 
     def _diagnose(self, body: bytes) -> str:
         """Why ExaBGP marked this UPDATE treat-as-withdraw (it does not say); raises when
-        the error hides an MP_REACH/MP_UNREACH, whose NLRI then cannot be located."""
+        the error hides an MP_REACH/MP_UNREACH, whose NLRI then cannot be located: one that
+        overruns the attributes, is empty (ExaBGP's zero-length rule comes before its MP
+        checks) or comes twice (RFC 7606 §3.g, §5.3)."""
         framed, stop, overrun = _walk_attributes(_attribute_block(body))
         if overrun in (MP_REACH_NLRI, MP_UNREACH_NLRI):
             raise BgpError(ErrorCode.UPDATE_MESSAGE, 1, b"", f"UPDATE: {stop}")
+        mp = [(c, value) for _, c, value in framed if c in (MP_REACH_NLRI, MP_UNREACH_NLRI)]
+        if len({c for c, _ in mp}) != len(mp):
+            raise BgpError(ErrorCode.UPDATE_MESSAGE, 1, b"", "UPDATE: MP attribute twice")
+        for c, value in mp:
+            if not value:
+                name = _attribute_name(c)
+                raise BgpError(ErrorCode.UPDATE_MESSAGE, 9, b"", f"UPDATE: {name}: zero length")
         seen: set[int] = set()
         for flags, code, value in framed:
             if code in seen:

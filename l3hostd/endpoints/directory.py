@@ -52,6 +52,13 @@ reads :meth:`~DirectorySource.endpoints` and the other accessors once after it, 
 writing anything to the kernel. Exceptions raised by ``on_change`` are bugs in the consumer,
 not bad input: they propagate out of :meth:`~DirectorySource.run`.
 
+**Remote groups known nowhere.** A rule whose ``remote_group`` is not the name of a
+security group, a member list or a group of an endpoint in force matches nothing (the
+firewall fails closed); the source reports it on the group's file
+(``security-groups/web.yaml: rules[0].remote_group: no security group, member list or
+endpoint here is named 'app': the rule matches nothing``) while the group stays in force.
+The check runs after a batch that changed a group or the set of known names.
+
 **Directory missing or unreadable.** A missing top directory is created (mode 0o755, and
 its parents): the daemon then starts with no endpoints and the orchestrator can write into
 it at once. If it disappears later (deleted or moved away), everything it defined goes
@@ -72,6 +79,7 @@ import logging
 import os
 import random
 import stat
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,12 +226,12 @@ class _FileEntry(Generic[_T]):
     item: _T | None = None  # last valid parse: stays in force while the file is bad
     parse_error: str | None = None
     conflict_error: str | None = None
+    reference_error: str | None = None  # a security group naming an unknown remote group
 
     @property
     def error(self) -> str | None:
-        if self.parse_error and self.conflict_error:
-            return f"{self.parse_error}; and {self.conflict_error}"
-        return self.parse_error or self.conflict_error
+        errors = [e for e in (self.parse_error, self.conflict_error, self.reference_error) if e]
+        return "; and ".join(errors) if errors else None
 
 
 class _Collection(Generic[_T]):
@@ -381,6 +389,10 @@ class DirectorySource:
             ),
         )
         self._member_sets: dict[str, frozenset[IPAddress | IPNetwork]] = {}
+        # group names the endpoints in force are in (a count per name), and every group
+        # name known here at the last remote-group check
+        self._endpoint_groups: Counter[str] = Counter()
+        self._known_groups: frozenset[str] = frozenset()
         self._errors: dict[str, str] = {}
         self._area_errors: dict[str, str] = {}  # area name -> directory-level error
         self._errors_changed = False
@@ -575,11 +587,16 @@ class DirectorySource:
     def _take_change(self) -> SourceChange:
         """The net change since the last call, with errors and logs brought up to date."""
         change = SourceChange()
+        before = dict(self._endpoints.touched)  # the endpoints in force before the batch
         for key, endpoint in self._endpoints.take_delta().items():
+            old = before.get(key)
+            if old is not None:
+                self._endpoint_groups.subtract(old.security_groups)
             if endpoint is None:
                 change.endpoints_removed.add(key)
             else:
                 change.endpoints_upserted[key] = endpoint
+                self._endpoint_groups.update(endpoint.security_groups)
         change.groups_changed.update(self._groups.take_delta())
         for key, members in self._members.take_delta().items():
             change.members_changed.add(key)
@@ -587,11 +604,42 @@ class DirectorySource:
                 self._member_sets.pop(key, None)
             else:
                 self._member_sets[key] = members.members
+        self._check_remote_groups(bool(change.groups_changed))
         for area in self._areas:
             self._update_errors(area.files)
         change.errors_changed = self._errors_changed
         self._errors_changed = False
         return change
+
+    def _check_remote_groups(self, groups_changed: bool) -> None:
+        """Report a rule whose remote group is known nowhere here: no security group, no
+        member list and no endpoint in force has that name, so the rule matches nothing
+        (the firewall fails closed). The group stays in force; the line is on its file.
+        Re-checked only when a group or the set of known names changed."""
+        known = frozenset(
+            {*self._groups.items, *self._member_sets}
+            | {name for name, n in self._endpoint_groups.items() if n > 0}
+        )
+        if known == self._known_groups and not groups_changed:
+            return
+        self._known_groups = known
+        groups = self._groups
+        for rel, entry in groups.files.items():
+            error = None
+            group = entry.item
+            if group is not None and groups.owner.get(group.name) == rel:
+                for i, rule in enumerate(group.rules):
+                    remote = rule.remote_group
+                    if remote is not None and remote not in known:
+                        error = str(EndpointFileError(
+                            rel, f"rules[{i}].remote_group",
+                            f"no security group, member list or endpoint here is named "
+                            f"{remote!r}: the rule matches nothing", remote,
+                        ))  # fmt: skip
+                        break
+            if entry.reference_error != error:
+                entry.reference_error = error
+                groups.dirty_files.add(rel)
 
     def _update_errors(self, files: _Collection[Any]) -> None:
         for rel in sorted(files.dirty_files):

@@ -579,7 +579,10 @@ def _validate(shape: _Shape, doc: dict[str, Any], filename: str) -> dict[str, An
     try:
         return _check_shape(doc, shape)
     except _ShapeError as exc:
-        raise EndpointFileError(filename, _format_loc(exc.loc), exc.message, exc.value) from None
+        message = exc.message
+        if filename.lower().endswith(".json"):
+            message = message.replace(_YAML_HINT, "")  # a YAML hint misleads in JSON
+        raise EndpointFileError(filename, _format_loc(exc.loc), message, exc.value) from None
 
 
 def _format_loc(loc: Sequence[int | str]) -> str:
