@@ -136,7 +136,7 @@ def main() -> None:
         start = time.perf_counter()
         count = 0
         for body in stream:
-            count += len(receiver.decode_update(body).announced)
+            count += len(receiver.decode_update(body).all_announced())
         decode_times.append(time.perf_counter() - start)
         assert count == args.routes, count
     # the same, keeping what was decoded (as a RIB does): the cyclic GC then walks the
@@ -156,7 +156,7 @@ def main() -> None:
         messages = sender.encode_updates(anns, ())
         encode_times.append(time.perf_counter() - start)
     # what was encoded decodes to what was announced
-    assert sum(len(receiver.decode_update(m[19:]).announced) for m in messages) == args.routes
+    assert sum(len(receiver.decode_update(m[19:]).all_announced()) for m in messages) == args.routes
 
     family = "IPv6 /128" if args.ipv6 else "IPv4 /32"
     mode = ", ADD-PATH" if args.add_path else ""

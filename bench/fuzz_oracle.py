@@ -131,7 +131,7 @@ class ShadowRib:
     def apply(self, update: Update) -> None:
         for key in update.withdrawn:
             self.fresh.pop(key, None)
-        for route in update.announced:
+        for route in update.all_announced():
             key = (route.prefix, route.path_id)
             if route.attributes.originator_id == LOCAL_ID or route.next_hop == OWN_ADDRESS:
                 self.fresh.pop(key, None)  # our own route reflected back: refused
@@ -189,7 +189,7 @@ def _describe(action: Action) -> str:
         return f"Send({action.data[:40].hex()}{'...' if len(action.data) > 40 else ''})"
     if isinstance(action, UpdateReceived):
         u = action.update
-        return (f"UpdateReceived({len(u.announced)} announced, {len(u.withdrawn)} withdrawn, "
+        return (f"UpdateReceived({len(u.all_announced())} announced, {len(u.withdrawn)} withdrawn, "
                 f"eor={u.end_of_rib}, taw={u.treat_as_withdraw!r})")  # fmt: skip
     return repr(action)
 
@@ -663,7 +663,7 @@ class Harness:
     ) -> None:  # fmt: skip
         fail = verdict.failures.append
         hexed = whole.hex()
-        announced = {(r.prefix, r.path_id) for r in update.announced}
+        announced = {(r.prefix, r.path_id) for r in update.all_announced()}
         withdrawn = set(update.withdrawn)
         if update.end_of_rib is not None:
             verdict.outcomes["end-of-rib"] += 1
@@ -694,7 +694,7 @@ class Harness:
                      f"differs from the reference: {hexed}")  # fmt: skip
             if announced and ref.must_taw:
                 fail(f"accepted routes RFC 7606 treats as withdrawn ({ref.must_taw}): {hexed}")
-            for r in update.announced:
+            for r in update.all_announced():
                 hops = ref.announce.get((r.prefix, r.path_id), set())
                 if r.next_hop.packed not in hops:
                     fail(f"{r.prefix}: next hop {r.next_hop}, the wire says "
@@ -709,7 +709,7 @@ class Harness:
     @staticmethod
     def _check_expected(verdict: Verdict, update: Update, expected: Expected, hexed: str) -> None:
         fail = verdict.failures.append
-        got = {(r.prefix, r.path_id, r.next_hop) for r in update.announced}
+        got = {(r.prefix, r.path_id, r.next_hop) for r in update.all_announced()}
         if (
             update.treat_as_withdraw
             or got != expected.announced
@@ -719,7 +719,7 @@ class Harness:
             fail(f"valid UPDATE decoded as {update}, expected {expected}: {hexed}")
             return
         e = expected.attributes
-        for r in update.announced:
+        for r in update.all_announced():
             a = r.attributes
             assert e is not None
             if (a.origin, a.as_path, a.local_pref, a.med, a.communities, a.large_communities,

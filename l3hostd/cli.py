@@ -20,7 +20,7 @@ DEFAULT_CONFIG = "/etc/l3hostd/l3hostd.yaml"  # l3hostd.settings.DEFAULT_CONFIG_
 def _run(config_path: str) -> int:
     import uvloop
 
-    from l3hostd import logs
+    from l3hostd import logs, memory
     from l3hostd.config_isolated import load_config_isolated
     from l3hostd.daemon import Daemon
     from l3hostd.settings import ConfigError
@@ -32,6 +32,7 @@ def _run(config_path: str) -> int:
             print(line, file=sys.stderr)
         return 2
     logs.setup(config.logging.level, config.logging.format)
+    memory.tune()
     daemon = Daemon(config, config_path)
     profile_to = os.environ.get("L3HOSTD_PROFILE")  # developer aid: cProfile to this file
     try:

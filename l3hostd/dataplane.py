@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from l3hostd import memory
 from l3hostd.calc import DataplaneSettings, DesiredState, PlanDelta
 from l3hostd.model import (
     Endpoint,
@@ -55,6 +56,10 @@ from l3hostd.netlink.tapconfig import TapConfigReconciler
 from l3hostd.reconcile import Phase, Reconciler
 
 log = logging.getLogger("l3hostd.dataplane")
+
+#: Objects written or read back (resync) after which an idle dataplane returns free heap
+#: memory to the kernel (:func:`l3hostd.memory.trim`): a bulk load, a big resync.
+TRIM_AFTER_WORK = 10_000
 
 #: Called after each pass with the installed host routes that appeared and disappeared.
 RouteListener = Callable[[Mapping[RouteKey, HostRoute], Iterable[RouteKey]], None]
@@ -100,6 +105,7 @@ class Dataplane:
         self.synced = asyncio.Event()  # set after the first complete pass
         self.stats = PassStats()
         self.route_listeners: list[RouteListener] = []
+        self._work_since_trim = 0  # objects written or read back since the last trim
         #: called after every pass (the BGP manager times UPDATE-to-installed with it)
         self.pass_listeners: list[Callable[[], None]] = []
         # Latency stamps (time.monotonic) for the metrics, one per pass, never per route:
@@ -256,6 +262,10 @@ class Dataplane:
                 await self.apply_once()
                 continue
             self.input_at = None  # its change needed no write: nothing to time
+            if self._work_since_trim >= TRIM_AFTER_WORK:
+                # idle after a bulk load or a big resync: return the transients' memory
+                self._work_since_trim = 0
+                memory.trim()
             await self._sleep(self._next_retry(now))
 
     def _next_retry(self, now: float) -> float | None:
@@ -272,6 +282,7 @@ class Dataplane:
         self.pass_input_at, self.input_at = self.input_at, None
         for r in self.reconcilers:
             if r.resync_pending and r.resync_due(started):
+                self._work_since_trim += len(r.observed)
                 try:
                     await r.resync()
                 except Exception as exc:  # the kernel or nft could not be read: retry later
@@ -285,6 +296,7 @@ class Dataplane:
             if r is self.firewall:
                 self._release()
         elapsed = self._clock() - started
+        self._work_since_trim += written
         if written and log.isEnabledFor(logging.DEBUG):
             log.debug("pass: %d requests in %.2f ms", written, elapsed * 1000)
         self.stats.passes += 1

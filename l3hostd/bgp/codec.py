@@ -158,10 +158,13 @@ from l3hostd.bgp.messages import (
     Negotiated,
     Notification,
     Open,
+    PackedRoutes,
     PathAttributes,
     Route,
     RouteRefresh,
     Update,
+    key_prefix,
+    prefix_key,
 )
 from l3hostd.fastnet import ipv4_network
 from l3hostd.model import IPAddress, IPNetwork
@@ -504,6 +507,36 @@ def _parse_ipv4_prefixes(
     return out
 
 
+def _parse_ipv4_keys(
+    body: bytes, start: int, end: int, add_path: bool
+) -> tuple[list[int], list[int]] | None:
+    """Like :func:`_parse_ipv4_prefixes`, but each prefix as its key
+    (:func:`~l3hostd.bgp.messages.prefix_key`) beside its path id: no object per prefix
+    but the key the RIB keeps."""
+    keys: list[int] = []
+    pids: list[int] = []
+    off = start
+    from_bytes = int.from_bytes
+    while off < end:
+        pid = 0
+        if add_path:
+            if off + 4 > end:
+                return None
+            pid = from_bytes(body[off : off + 4], "big")
+            off += 4
+        if off >= end:
+            return None
+        plen = body[off]
+        nbytes = (plen + 7) >> 3
+        if plen > 32 or off + 1 + nbytes > end:
+            return None
+        value = from_bytes(body[off + 1 : off + 1 + nbytes], "big") << (32 - 8 * nbytes)
+        keys.append(((value & (0xFFFFFFFF ^ (0xFFFFFFFF >> plen))) << 9) | (plen << 1))
+        pids.append(pid)
+        off += 1 + nbytes
+    return keys, pids
+
+
 def _first_prefix_length(body: bytes, start: int, add_path: bool) -> int:
     """Bytes taken by the first prefix of an NLRI field (already checked well-formed)."""
     head = 4 if add_path else 0
@@ -837,9 +870,11 @@ class Codec:
             return Update(withdrawn=tuple(withdrawn))
         if IPV4_UNICAST not in negotiated.families:
             return None
-        announced = _parse_ipv4_prefixes(body, nlri_start, n, add_path)
-        if not announced:
+        parsed = _parse_ipv4_keys(body, nlri_start, n, add_path)
+        if parsed is None or not parsed[0]:
             return None
+        keys, pids = parsed
+        head = (keys[0], pids[0])
         block = body[4 + wlen : nlri_start]
         template = self._templates.get(block)
         if template is None:
@@ -849,12 +884,12 @@ class Codec:
             # The block may itself carry prefixes (an MP_UNREACH/MP_REACH beside the IPv4
             # NLRI): then it is no template, the full path handles the message.
             if result.treat_as_withdraw and not result.announced:
-                if result.withdrawn != (announced[0],):
+                if [(prefix_key(p), pid) for p, pid in result.withdrawn] != [head]:
                     return None
                 template = result.treat_as_withdraw
             elif len(result.announced) == 1 and not result.withdrawn:
                 route = result.announced[0]
-                if (route.prefix, route.path_id) != announced[0]:
+                if (prefix_key(route.prefix), route.path_id) != head:
                     return None
                 template = (route.next_hop, route.attributes)
             else:
@@ -863,11 +898,13 @@ class Codec:
                 self._templates.clear()
             self._templates[block] = template
         if isinstance(template, str):
+            announced = [(key_prefix(k), pid) for k, pid in zip(keys, pids, strict=True)]
             return Update((), (*withdrawn, *announced), None, template)
         next_hop, attributes = template
         return Update(
-            tuple(Route(prefix, pid, next_hop, attributes) for prefix, pid in announced),
-            tuple(withdrawn),
+            withdrawn=tuple(withdrawn),
+            packed=PackedRoutes(tuple(keys), tuple(pids) if add_path else None, next_hop,
+                                attributes),
         )
 
     def _decode_update(self, body: bytes) -> Update:

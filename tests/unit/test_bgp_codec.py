@@ -126,7 +126,8 @@ V6_LINK_LOCAL = IPv6Address("fe80::1").packed
 
 
 def announced(updates: list[Update]) -> list[tuple[IPNetwork, int, IPAddress, PathAttributes]]:
-    return [(r.prefix, r.path_id, r.next_hop, r.attributes) for u in updates for r in u.announced]
+    return [(r.prefix, r.path_id, r.next_hop, r.attributes)
+            for u in updates for r in u.all_announced()]
 
 
 # ---- hypothesis strategies ---------------------------------------------------------------
@@ -265,7 +266,7 @@ def test_path_attributes_are_shared_between_routes_and_messages() -> None:
     r = receiver()
     first = r.decode_update(update(GOOD, NLRI))
     second = r.decode_update(update(GOOD, b"\x20\x0a\x00\x00\x09"))
-    attrs = {id(route.attributes) for u in (first, second) for route in u.announced}
+    attrs = {id(route.attributes) for u in (first, second) for route in u.all_announced()}
     assert len(attrs) == 1
 
 
@@ -289,8 +290,8 @@ def test_reflected_attributes_decode() -> None:
         + attr(0xC0, 99, b"unknown transitive")
     )
     u = r.decode_update(update(attrs, NLRI))
-    assert {(x.prefix, x.path_id) for x in u.announced} == NLRI_PREFIXES
-    route = u.announced[0]
+    assert {(x.prefix, x.path_id) for x in u.all_announced()} == NLRI_PREFIXES
+    route = u.all_announced()[0]
     assert route.next_hop == IPv4Address("192.0.2.1")
     assert route.attributes == PathAttributes(
         origin=2,
@@ -311,19 +312,19 @@ def test_two_octet_as_session_decodes_two_octet_paths() -> None:
         NEXT_HOP + LOCAL_PREF + attr(0xC0, 17, b"\x02\x02" + struct.pack("!LL", 65001, 4200000000))
     )
     u = r.decode_update(update(attrs, NLRI))
-    assert u.announced[0].attributes.as_path == (65001, 4200000000)  # RFC 6793 AS4_PATH merge
+    assert u.all_announced()[0].attributes.as_path == (65001, 4200000000)  # RFC 6793 AS4_PATH merge
 
 
 def test_missing_local_pref_is_none() -> None:
     u = receiver().decode_update(update(ORIGIN_IGP + AS_PATH_EMPTY + NEXT_HOP, NLRI))
-    assert u.announced[0].attributes.local_pref is None
+    assert u.all_announced()[0].attributes.local_pref is None
 
 
 def test_add_path_ids_are_decoded() -> None:
     r = receiver(add_path=True)
     nlri = b"\x00\x00\x00\x07\x20\x0a\x00\x00\x01" + b"\x00\x00\x00\x08\x20\x0a\x00\x00\x01"
     u = r.decode_update(update(GOOD, nlri, withdrawn=b"\x00\x00\x00\x09\x08\x0b"))
-    assert [(x.prefix, x.path_id) for x in u.announced] == [
+    assert [(x.prefix, x.path_id) for x in u.all_announced()] == [
         (ip_network("10.0.0.1/32"), 7),
         (ip_network("10.0.0.1/32"), 8),
     ]
@@ -332,21 +333,21 @@ def test_add_path_ids_are_decoded() -> None:
 
 def test_host_bits_past_the_mask_are_cleared() -> None:
     u = receiver().decode_update(update(GOOD, b"\x19\x0a\x00\x00\xff"))  # 10.0.0.255/25
-    assert u.announced[0].prefix == ip_network("10.0.0.128/25")
+    assert u.all_announced()[0].prefix == ip_network("10.0.0.128/25")
 
 
 def test_bird_ipv6_global_and_link_local_next_hop_yields_each_prefix_once() -> None:
     r = receiver()
     attrs = mp_reach6(V6_GLOBAL + V6_LINK_LOCAL, V6_NLRI) + ORIGIN_IGP + AS_PATH_EMPTY + LOCAL_PREF
     u = r.decode_update(update(attrs))
-    assert sorted((x.prefix, x.path_id) for x in u.announced) == sorted(V6_PREFIXES)
-    assert {x.next_hop for x in u.announced} == {IPv6Address("2001:db8:ffff::1")}
+    assert sorted((x.prefix, x.path_id) for x in u.all_announced()) == sorted(V6_PREFIXES)
+    assert {x.next_hop for x in u.all_announced()} == {IPv6Address("2001:db8:ffff::1")}
     # with ADD-PATH two paths for one prefix stay two routes
     r = receiver(add_path=True)
     nlri = b"\x00\x00\x00\x01" + V6_NLRI[:17] + b"\x00\x00\x00\x02" + V6_NLRI[:17]
     attrs = mp_reach6(V6_GLOBAL + V6_LINK_LOCAL, nlri) + ORIGIN_IGP + AS_PATH_EMPTY + LOCAL_PREF
     u = r.decode_update(update(attrs))
-    assert [(x.path_id, x.next_hop) for x in u.announced] == [
+    assert [(x.path_id, x.next_hop) for x in u.all_announced()] == [
         (1, IPv6Address("2001:db8:ffff::1")),
         (2, IPv6Address("2001:db8:ffff::1")),
     ]
@@ -354,7 +355,7 @@ def test_bird_ipv6_global_and_link_local_next_hop_yields_each_prefix_once() -> N
 
 def test_ipv6_withdrawals_and_mp_unreach() -> None:
     u = receiver().decode_update(update(mp_unreach(2, 1, V6_NLRI)))
-    assert set(u.withdrawn) == V6_PREFIXES and not u.announced
+    assert set(u.withdrawn) == V6_PREFIXES and not u.all_announced()
 
 
 def test_ebgp_encode_prepends_our_as_and_drops_local_pref() -> None:
@@ -367,7 +368,7 @@ def test_ebgp_encode_prepends_our_as_and_drops_local_pref() -> None:
         b.negotiate(b_open, a_open, 30)
         ann = Announcement(ip_network("10.0.0.0/24"), ip_address("192.0.2.1"), 300, (1,))
         (message,) = a.encode_updates([ann], ())
-        (route,) = b.decode_update(body(message)).announced
+        (route,) = b.decode_update(body(message)).all_announced()
         assert route.attributes.as_path == (local,)
         assert route.attributes.local_pref is None
         assert route.attributes.communities == (1,)
@@ -539,9 +540,9 @@ def test_add_path_in_one_direction_only() -> None:
     assert rr.negotiate(theirs, ours, 30).add_path_send == BOTH
     ann = Announcement(ip_network("10.0.0.0/24"), ip_address("192.0.2.1"))
     (to_us,) = rr.encode_updates([ann], ())
-    assert us.decode_update(body(to_us)).announced[0].path_id == 1
+    assert us.decode_update(body(to_us)).all_announced()[0].path_id == 1
     (to_rr,) = us.encode_updates([ann], ())
-    assert rr.decode_update(body(to_rr)).announced[0].path_id == 0
+    assert rr.decode_update(body(to_rr)).all_announced()[0].path_id == 0
 
 
 # ---- KEEPALIVE, NOTIFICATION, ROUTE-REFRESH ----------------------------------------------
@@ -757,7 +758,7 @@ def test_malformed_update(body_: bytes, outcome: tuple[Any, ...]) -> None:
     r = receiver()
     if outcome[0] == TAW:
         u = r.decode_update(body_)
-        assert u.announced == ()
+        assert u.all_announced() == ()
         prefixes = outcome[2] if len(outcome) > 2 else NLRI_PREFIXES
         assert set(u.withdrawn) >= NLRI_PREFIXES or set(u.withdrawn) >= V6_PREFIXES
         assert prefixes <= set(u.withdrawn)
@@ -770,25 +771,25 @@ def test_malformed_update(body_: bytes, outcome: tuple[Any, ...]) -> None:
         if outcome == (1, 2):
             assert err.value.data == struct.pack("!H", 19 + len(body_))
     # the codec is still usable afterwards
-    assert r.decode_update(update(GOOD, NLRI)).announced
+    assert r.decode_update(update(GOOD, NLRI)).all_announced()
 
 
 def test_attribute_discard_keeps_the_route() -> None:
     """RFC 7606 §7.7: a malformed AGGREGATOR is discarded, the route stays."""
     for bad in (attr(0xC0, 7, bytes(3)), attr(0x40, 6, b"\x01"), attr(0xC0, 17, b"\x02\x05")):
         u = receiver().decode_update(update(GOOD + bad, NLRI))
-        assert {(x.prefix, x.path_id) for x in u.announced} == NLRI_PREFIXES, bad.hex()
+        assert {(x.prefix, x.path_id) for x in u.all_announced()} == NLRI_PREFIXES, bad.hex()
         assert not u.treat_as_withdraw and not u.withdrawn
 
 
 def test_duplicate_attribute_keeps_the_first() -> None:
     u = receiver().decode_update(update(GOOD + attr(0x40, 5, struct.pack("!L", 5)), NLRI))
-    assert u.announced[0].attributes.local_pref == 100
+    assert u.all_announced()[0].attributes.local_pref == 100
 
 
 def test_unknown_attributes_are_ignored() -> None:
     extra = attr(0x80, 200, b"x") + attr(0xC0, 201, b"y" * 300)
-    assert len(receiver().decode_update(update(GOOD + extra, NLRI)).announced) == 2
+    assert len(receiver().decode_update(update(GOOD + extra, NLRI)).all_announced()) == 2
 
 
 def test_unexpected_exabgp_exception_becomes_update_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -883,7 +884,7 @@ def test_fuzz_decode_update(add_path: bool, data: bytes) -> None:
         assert 1 <= exc.code <= 7
         return
     assert isinstance(result, Update)
-    for route in result.announced:
+    for route in result.all_announced():
         assert route.prefix.version == route.next_hop.version
 
 

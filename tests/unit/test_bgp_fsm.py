@@ -700,7 +700,7 @@ def test_end_of_rib_update_is_decoded_by_the_codec() -> None:
     [ev] = s.take_actions()
     assert isinstance(ev, UpdateReceived)
     assert ev.update.end_of_rib == IPV4_UNICAST
-    assert not ev.update.announced and not ev.update.withdrawn
+    assert not ev.update.all_announced() and not ev.update.withdrawn
 
 
 def test_malformed_update_sends_the_codecs_notification() -> None:
@@ -1341,7 +1341,7 @@ def test_two_sessions_exchange_updates_encoded_by_the_codec() -> None:
     assert w.b.send_updates(messages, w.now)
     w.pump()
     received = [e.update for e in w.events["a"] if isinstance(e, UpdateReceived)]
-    prefixes = {r.prefix for u in received for r in u.announced}
+    prefixes = {r.prefix for u in received for r in u.all_announced()}
     assert prefixes == {a.prefix for a in announce}
     assert {p for u in received for p, _ in u.withdrawn} == {ip_network("10.2.0.0/24")}
     assert w.b.send_updates([w.codec_b.encode_end_of_rib(IPV6_UNICAST)])

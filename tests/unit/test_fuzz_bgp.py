@@ -183,7 +183,7 @@ def test_oracle_sees_a_codec_that_loses_withdrawals(monkeypatch: pytest.MonkeyPa
 
     def lossy(self: Codec, body: bytes) -> Update:
         update = real(self, body)
-        return Update(update.announced, update.withdrawn[1:], update.end_of_rib)
+        return Update(update.all_announced(), update.withdrawn[1:], update.end_of_rib)
 
     monkeypatch.setattr(Codec, "decode_update", lossy)
     failures = _run_valid(PROFILES[0]).failures
@@ -267,11 +267,11 @@ def test_fast_path_treat_as_withdraw_keeps_mp_unreach_withdrawals() -> None:
     body = update(attr(0x40, 1, b"\xff").pack() + AS_PATH_EMPTY + NEXT_HOP + mp, nlri(P1))
     for _ in range(2):  # the second time from the fast path's cache
         u = receiver().decode_update(body)
-        assert u.treat_as_withdraw and not u.announced
+        assert u.treat_as_withdraw and not u.all_announced()
         assert set(u.withdrawn) == {(P1, 0), (P2, 0)}
     good = update(GOOD + mp, nlri(P1, P3))
     u = receiver().decode_update(good)
-    assert {(r.prefix, r.path_id) for r in u.announced} == {(P1, 0), (P3, 0)}
+    assert {(r.prefix, r.path_id) for r in u.all_announced()} == {(P1, 0), (P3, 0)}
     assert u.withdrawn == ((P2, 0),)
 
 
@@ -296,7 +296,7 @@ def test_zero_length_discardable_attributes_are_discarded(extra: Any) -> None:
     UPDATE as withdraw; RFC 7606 §7.7 / RFC 6793 §6 discard them and keep the routes."""
     u = receiver().decode_update(update(GOOD + extra.pack(), nlri(P1)))
     assert not u.treat_as_withdraw
-    assert [(r.prefix, r.next_hop) for r in u.announced] == [(P1, IPv4Address("192.0.2.1"))]
+    assert [(r.prefix, r.next_hop) for r in u.all_announced()] == [(P1, IPv4Address("192.0.2.1"))]
 
 
 def test_repeated_as_path_after_an_empty_one_is_ignored() -> None:
@@ -305,7 +305,7 @@ def test_repeated_as_path_after_an_empty_one_is_ignored() -> None:
     body = update(GOOD + attr(0x40, 2, bytes.fromhex("032a1bbd52e7b6")).pack(), nlri(P1))
     u = receiver().decode_update(body)
     assert not u.treat_as_withdraw
-    assert u.announced[0].attributes.as_path == ()
+    assert u.all_announced()[0].attributes.as_path == ()
 
 
 @pytest.mark.parametrize(
@@ -335,7 +335,7 @@ def test_ipv4_fields_are_ignored_without_ipv4_unicast() -> None:
     assert r.decode_update(b"\x00\x00\x00\x00") == Update()  # IPv4 End-of-RIB: not ours
     mp = attr(0x80, 14, mp_reach_value(2, 1, V6NH, [nlri(V6P)])).pack()
     u = r.decode_update(update(mp + ORIGIN + AS_PATH_EMPTY, nlri(P1), withdrawn=nlri(P2)))
-    assert [(x.prefix, x.path_id) for x in u.announced] == [(V6P, 0)] and not u.withdrawn
+    assert [(x.prefix, x.path_id) for x in u.all_announced()] == [(V6P, 0)] and not u.withdrawn
     u = r.decode_update(update(attr(0x80, 15, mp_unreach_value(2, 1, [])).pack(), nlri(P1)))
     assert u == Update()  # not an End-of-RIB: it had an NLRI field
 
@@ -373,7 +373,7 @@ def test_same_prefix_in_nlri_and_mp_reach_checks_both_next_hops() -> None:
     so its next hop 0.0.0.0 went unnoticed and the UPDATE was accepted."""
     mp = attr(0x80, 14, mp_reach_value(1, 1, bytes(4), [nlri(P1)])).pack()
     u = receiver().decode_update(update(mp + GOOD, nlri(P1, P2)))
-    assert u.treat_as_withdraw and not u.announced
+    assert u.treat_as_withdraw and not u.all_announced()
     assert set(u.withdrawn) == {(P1, 0), (P2, 0)}
     # ExaBGP's twin of an IPv6 prefix (32-byte next hop) is still folded into one route
     # with the global next hop, whatever the second address (FRR ignores a non-link-local
@@ -382,4 +382,4 @@ def test_same_prefix_in_nlri_and_mp_reach_checks_both_next_hops() -> None:
         nh = V6NH + bytes.fromhex(second)
         twin = attr(0x80, 14, mp_reach_value(2, 1, nh, [nlri(V6P)])).pack()
         u = receiver().decode_update(update(twin + ORIGIN + AS_PATH_EMPTY))
-        assert [(r.prefix, r.next_hop.packed) for r in u.announced] == [(V6P, V6NH)]
+        assert [(r.prefix, r.next_hop.packed) for r in u.all_announced()] == [(V6P, V6NH)]

@@ -274,7 +274,7 @@ class PassivePeer(asyncio.Protocol):
     def received_prefixes(self) -> set[str]:
         """Prefixes announced to us. Our next hop is 127.0.0.1 here, which the codec
         refuses (RFC 7606 treat-as-withdraw): those count as announced too."""
-        out = {str(r.prefix) for u in self.updates for r in u.announced}
+        out = {str(r.prefix) for u in self.updates for r in u.all_announced()}
         out.update(str(p) for u in self.updates if "next hop" in u.treat_as_withdraw
                    for p, _ in u.withdrawn)
         return out
