@@ -28,6 +28,11 @@ from l3hostd.netlink.driver import parse_link_messages
 
 log = logging.getLogger("l3hostd.netlink.monitor")
 
+#: Bytes read per notification datagram. The kernel sends each event in its own small
+#: datagram (a few hundred bytes, at most NLMSG_GOODSIZE); a 1 MiB buffer cost a 1 MiB
+#: allocation per event (~10 us), for nothing.
+RECV_SIZE = 1 << 16
+
 RTMGRP_LINK = 0x1
 SO_RCVBUFFORCE = 33
 NETLINK_NO_ENOBUFS = 5  # not set: we want to know about overflows
@@ -73,7 +78,7 @@ class LinkMonitor:
         overflowed = False
         for _ in range(256):  # bound the work per wake-up; the reader fires again
             try:
-                data = self._sock.recv(1 << 20)
+                data = self._sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:

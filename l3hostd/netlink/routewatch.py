@@ -33,6 +33,11 @@ from l3hostd.netlink.batch import RtnlBatchSocket
 
 log = logging.getLogger("l3hostd.netlink.routewatch")
 
+#: Bytes read per notification datagram. The kernel sends each event in its own small
+#: datagram (a few hundred bytes, at most NLMSG_GOODSIZE); a 1 MiB buffer cost a 1 MiB
+#: allocation per event (~10 us), for nothing.
+RECV_SIZE = 1 << 16
+
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_ROUTE = 0x400
 SO_RCVBUFFORCE = 33
@@ -142,7 +147,7 @@ class KernelRouteWatch:
         touched: list[IPNetwork] = []
         for _ in range(256):
             try:
-                data = self._sock.recv(1 << 20)
+                data = self._sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
