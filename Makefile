@@ -21,9 +21,11 @@ lint: setup
 	.venv/bin/ruff check l3hostd tests bench
 	.venv/bin/mypy
 
+# The side-by-side suite, l3hostd vs BIRD 2 (bench/README.md); e.g. make bench BENCH_ARGS=--quick
+BENCH_ARGS ?=
 bench: setup
-	$(PY) -m bench.endpoints
-	$(PY) -m bench.bgp
+	@$(PY) -c 'import matplotlib' 2>/dev/null || .venv/bin/pip install -q -e '.[bench]'
+	$(PY) -m bench all $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,11 @@
 """Netlink event timestamper, run inside a namespace by the benchmarks.
 
 Prints one line per event: ``up <ifname> <t>`` (first RTM_NEWLINK with IFF_UP and
-IFF_LOWER_UP), ``add <dst> <proto> <t>`` / ``del <dst> <proto> <t>`` for routes, with
-``t = time.monotonic()`` at receipt. A process of its own (not a thread of the bench) so
-that its timestamps never wait for another thread's GIL; CLOCK_MONOTONIC is shared by all
-processes, so the bench can compare them with its own.
+IFF_LOWER_UP), ``down <ifname> <t>`` (first RTM_NEWLINK without them after an ``up``),
+``gone <ifname> <t>`` (RTM_DELLINK), ``add <dst> <proto> <t>`` / ``del <dst> <proto> <t>``
+for routes, with ``t = time.monotonic()`` at receipt. A process of its own (not a thread
+of the bench) so that its timestamps never wait for another thread's GIL; CLOCK_MONOTONIC
+is shared by all processes, so the bench can compare them with its own.
 
 Usage: ``ip netns exec NS python -m bench.listen [--protocols 44,45]``.
 """
@@ -27,16 +28,23 @@ NETLINK_ADD_MEMBERSHIP = 1
 RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE = 1, 7, 11
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 IFLA_IFNAME = 3
-RTM_NEWLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 24, 25
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 17, 24, 25
 
 
 @dataclass
 class Listener:
-    """Reads the lines of a :mod:`bench.listen` process running in a namespace."""
+    """Reads the lines of a :mod:`bench.listen` process running in a namespace.
+
+    ``record=True`` also keeps every route event in order in ``history`` as
+    ``(kind, dst, t)`` (the dicts hold only the last time per prefix)."""
 
     netns: str
     protocols: str = "44,45"
+    record: bool = False
     link_up: dict[str, float] = field(default_factory=dict)  # ifname -> last up with carrier
+    link_down: dict[str, float] = field(default_factory=dict)  # ifname -> last lost up/carrier
+    link_gone: dict[str, float] = field(default_factory=dict)  # ifname -> last RTM_DELLINK
+    history: list[tuple[str, str, float]] = field(default_factory=list)
     route_added: dict[str, float] = field(default_factory=dict)  # dst -> last add
     route_deleted: dict[str, float] = field(default_factory=dict)  # dst -> last delete
     routes_now: set[str] = field(default_factory=set)
@@ -46,9 +54,20 @@ class Listener:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-m", "bench.listen",
-             "--protocols", self.protocols],
-            stdout=subprocess.PIPE, text=True, bufsize=1,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                sys.executable,
+                "-m",
+                "bench.listen",
+                "--protocols",
+                self.protocols,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
@@ -67,14 +86,22 @@ class Listener:
             t = float(rest[-1])
             if kind == "up":
                 self.link_up[what] = t
+            elif kind == "down":
+                self.link_down[what] = t
+            elif kind == "gone":
+                self.link_gone[what] = t
             elif kind == "add":
                 self.route_added[what] = t
                 self.routes_now.add(what)
                 self.last_add = t
                 self.first_add = self.first_add or t
+                if self.record:
+                    self.history.append((kind, what, t))
             elif kind == "del":
                 self.route_deleted[what] = t
                 self.routes_now.discard(what)
+                if self.record:
+                    self.history.append((kind, what, t))
             elif kind == "overflow":
                 self.overflows += 1
 
@@ -120,8 +147,14 @@ def main() -> None:
                     if name not in seen_up:
                         seen_up.add(name)
                         lines.append(f"up {name} {now}")
-                elif name:
+                elif name and name in seen_up:
                     seen_up.discard(name)
+                    lines.append(f"down {name} {now}")
+            elif msg.type == RTM_DELLINK:
+                name = ifname(msg.payload)
+                if name:
+                    seen_up.discard(name)
+                    lines.append(f"gone {name} {now}")
             elif msg.type in (RTM_NEWROUTE, RTM_DELROUTE):
                 full = struct.pack("=IHHII", 16 + len(msg.payload), msg.type, 0, 0, 0)
                 rec = wire.parse_route(full + msg.payload, 16)
