@@ -273,11 +273,11 @@ class Reconciler(abc.ABC, Generic[K, V]):
                 self._changed(key)
             elif key not in failed:
                 failed[key] = err
-        desired = self.desired
+        converged = self._converged
         for key, _ in (*deletes, *adds):
             if key in failed:
                 self._fail(key, failed[key], now)
-            elif desired.get(key) == self.observed.get(key):
+            elif converged(key):
                 dirty.discard(key)
                 retry.pop(key, None)
             # else: the wish changed while the batch was being written (set_desired ran
@@ -327,6 +327,10 @@ class Reconciler(abc.ABC, Generic[K, V]):
 
     def _same(self, desired: V, observed: V) -> bool:
         return desired == observed
+
+    def _converged(self, key: K) -> bool:
+        """After a write: does the kernel hold what is wished for this key now?"""
+        return self.desired.get(key) == self.observed.get(key)
 
     @abc.abstractmethod
     async def _dump(self) -> dict[K, V]:

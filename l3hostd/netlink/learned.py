@@ -95,6 +95,7 @@ class SelectionView(MutableMapping[int, int]):
 
 #: In ``drift``: the key is desired but not installed.
 ABSENT = -1
+_UNCACHED = -2  # not in the resolution cache (set indexes are >= 0)
 
 
 class InstalledView(MutableMapping[int, int]):
@@ -204,6 +205,8 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         self._gateway: dict[int, int | None] = {}  # BGP next hop idx -> kernel gateway idx
         self._set_cache: dict[int, int | None] = {}  # BGP ECMP set idx -> gateway set idx
         self.unresolved: set[int] = set()  # BGP next hops (idx) without a usable path
+        self._paths = rib.paths
+        self._select = rib._select
         self.desired = SelectionView(self)
         self.installed = InstalledView(self)
         self.observed = self.installed
@@ -211,8 +214,15 @@ class LearnedRouteReconciler(Reconciler[int, int]):
     # ---- input from the RIB ----------------------------------------------------------------
 
     def desired_value(self, key: int) -> int | None:
-        bgp_set = self._rib.selection(key)
-        return None if bgp_set is None else self._resolved_set(bgp_set)
+        have = self._paths.get(key)  # rib.selection(key), inlined: the hot path of a load
+        if have is None:
+            return None
+        bgp_set = self._select(have)
+        cached = self._set_cache.get(bgp_set, _UNCACHED)
+        return self._resolved_set(bgp_set) if cached == _UNCACHED else cached
+
+    def _converged(self, key: int) -> bool:
+        return key not in self.installed.drift  # installed == desired, by construction
 
     def select(self, key: int, old: int | None, new: int | None) -> None:
         """The RIB's selection for the prefix ``key`` went from ``old`` to ``new`` (ECMP
@@ -220,20 +230,20 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         the kernel already differed), and the key is dirty until the kernel matches."""
         self._retry.pop(key, None)
         drift = self.installed.drift
+        want = None if new is None else self._resolved_set(new)
         if key not in drift:
             was = None if old is None else self._resolved_set(old)
-            if was == (None if new is None else self._resolved_set(new)):
+            if was == want:
                 return
             drift[key] = ABSENT if was is None else was
-        self._settle(key)
+        self._settle(key, want)
 
-    def _settle(self, key: int) -> None:
-        """``key`` is in drift: forget the difference if there is none, else mark the key
-        dirty for the write it needs."""
+    def _settle(self, key: int, want: int | None) -> None:
+        """``key`` is in drift, ``want`` its desired value: forget the difference if there
+        is none, else mark the key dirty for the write it needs."""
         drift = self.installed.drift
         d = drift[key]
         have = None if d == ABSENT else d
-        want = self.desired_value(key)
         if have == want:
             del drift[key]
             self._dirty_add.discard(key)
@@ -308,7 +318,7 @@ class LearnedRouteReconciler(Reconciler[int, int]):
             del self._set_cache[s]
         for key in keys:
             self._retry.pop(key, None)
-            self._settle(key)
+            self._settle(key, self.desired_value(key))
         return len(keys)
 
     # ---- IO ------------------------------------------------------------------------------------
