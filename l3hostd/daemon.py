@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import signal
@@ -177,6 +178,11 @@ class Daemon:
 
     async def _ready_when_synced(self) -> None:
         await self.dataplane.synced.wait()
+        # What exists now (modules, config, the first state) lives as long as the daemon:
+        # out of the collector's sight, a full collection no longer walks ~35k objects
+        # (6.7 ms warm, several times that on a cold CPU) in the middle of an event.
+        gc.collect()
+        gc.freeze()
         counts = self.dataplane.count_states()
         status = (
             f"in sync: {sum(counts.values())} endpoints, "
