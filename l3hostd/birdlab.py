@@ -7,6 +7,9 @@ side on the same topology:
     hv2 ──eth0── 100.64.2.0/24 ──┤ rr   (BIRD route reflector, forwarding on)
     hvN ──eth0── 100.64.N.0/24 ──┘      (or all on one bridge: ``shared_fabric=True``)
 
+With ``reflectors=2`` (and ``shared_fabric=True``) a second reflector ``rr2`` sits on the
+same bridge, as production has two spines, and every hypervisor peers with both.
+
 How it works
     - :class:`BirdRouter` writes ``bird.conf`` into ``lab.workdir/<name>/`` and runs
       ``bird -f -c CONF -s SOCK -P PIDFILE`` in a namespace through :meth:`Lab.start`, so
@@ -114,6 +117,7 @@ FELIX_PROTO = "static"
 #: The reflector's AS and BGP identifier in the topology.
 LAB_ASN = 65501
 RR_ROUTER_ID = "100.64.0.254"
+RR2_ROUTER_ID = "100.64.0.253"
 
 SpeakerKind = Literal["bird", "l3hostd"]
 
@@ -378,7 +382,7 @@ log stderr all;
 timeformat log "%F %T.%6f";
 timeformat protocol "%F %T.%3f";
 debug protocols {{ states }};
-graceful restart wait 20;
+graceful restart wait {gr_wait};
 
 protocol device {{
   scan time {scan_time};
@@ -415,6 +419,9 @@ def rr_config(
     static_prefix: str = "10.200.0.0/13",
     kernel_export: bool = True,
     hold_time: int | None = None,
+    graceful_restart_time: int | None = None,
+    graceful_restart_wait: int = 20,
+    extra: str = "",
 ) -> str:
     """A BIRD 2 route reflector for ``clients`` = [(name, address[, local address]), ...].
 
@@ -430,10 +437,19 @@ def rr_config(
 
     ``kernel_export`` installs the routes learned over BGP (not the static ones) into the
     reflector's kernel, so that traffic between hypervisors' VMs crosses the RR namespace.
+
+    ``graceful_restart_time`` is the restart time the reflector advertises in its OPEN
+    (BIRD's ``graceful restart time``, 120 s by default): how long its clients keep its
+    routes as stale when its session drops. ``graceful_restart_wait``: how long a
+    reflector started in recovery (``-R``) holds its routes and End-of-RIB back waiting
+    for every client's End-of-RIB (BIRD's global ``graceful restart wait``; a client that
+    is configured but never connects makes it wait that long). ``extra`` is appended
+    verbatim (e.g. a ``protocol static`` announcing routes a test needs: BGP exports
+    every route).
     """
     # scan time 1: the device scan timer is what wakes BIRD's loop after graceful-restart
     # recovery (see the module docstring); interfaces here are few, a scan costs nothing
-    lines = [_PREAMBLE.format(router_id=router_id, scan_time=1)]
+    lines = [_PREAMBLE.format(router_id=router_id, scan_time=1, gr_wait=graceful_restart_wait)]
     families = {_version(client[1]) for client in clients}
     if kernel_export:
         for family in sorted(families):
@@ -468,11 +484,15 @@ def rr_config(
             f"  rr client;\n"
             f"  direct;\n"
             + ("  graceful restart on;\n" if graceful_restart else "")
+            + (f"  graceful restart time {graceful_restart_time};\n"
+               if graceful_restart and graceful_restart_time else "")
             + (f"  hold time {hold_time};\n" if hold_time else "")
             + _BGP_TIMERS
             + f"  ipv{family} {{ {channel} }};\n"
             f"}}\n"
         )
+    if extra:
+        lines.append(extra)
     return "\n".join(lines)
 
 
@@ -509,7 +529,7 @@ def calico_hv_config(
     match = " || ".join(f'ifname ~ "{pattern}"' for pattern in interfaces)
     proto_check = f"  if krt_source != {learn_proto} then reject;\n" if learn_proto else ""
     lines = [
-        _PREAMBLE.format(router_id=router_id, scan_time=scan_time),
+        _PREAMBLE.format(router_id=router_id, scan_time=scan_time, gr_wait=20),
         "filter calico_export_to_bgp {\n"
         "  if net = 0.0.0.0/0 || net = ::/0 then reject;\n"
         + proto_check
@@ -663,17 +683,22 @@ class L3hostdSpeaker:
     learned_proto = L3HOSTD_BGP_PROTO
 
     def __init__(self, hv: Hypervisor, rr4: str, rr6: str | None,
-                 extra: dict[str, object] | None = None) -> None:
+                 extra: dict[str, object] | None = None,
+                 more_reflectors: Sequence[tuple[str, str | None]] = ()) -> None:
         self.hv = hv
-        peers: list[dict[str, object]] = [{
-            "name": "rr", "address": rr4, "asn": LAB_ASN, "source_address": hv.uplink4,
-            "families": ["ipv4"],
-        }]
-        if rr6:
+        peers: list[dict[str, object]] = []
+        # the first reflector's sessions are rr / rr6, the second's rr2 / rr2_6, ...
+        for n, (address4, address6) in enumerate([(rr4, rr6), *more_reflectors], start=1):
+            name = "rr" if n == 1 else f"rr{n}"
             peers.append({
-                "name": "rr6", "address": rr6, "asn": LAB_ASN,
-                "source_address": hv.uplink6, "families": ["ipv6"],
+                "name": name, "address": address4, "asn": LAB_ASN,
+                "source_address": hv.uplink4, "families": ["ipv4"],
             })
+            if address6:
+                peers.append({
+                    "name": "rr6" if n == 1 else f"{name}_6", "address": address6,
+                    "asn": LAB_ASN, "source_address": hv.uplink6, "families": ["ipv6"],
+                })
         self.peer_names = [str(p["name"]) for p in peers]
         bgp: dict[str, object] = {"peers": peers, "connect_retry_time": 2}
         config: dict[str, object] = {"bgp": bgp, "logging": {"level": "info"}}
@@ -746,6 +771,14 @@ class BgpTopology:
     ``speaker="bird"``: BIRD with :func:`calico_hv_config` (``bird_config`` passes options
     through); ``speaker="l3hostd"``: l3hostd with peers ``rr`` (IPv4) and ``rr6`` (IPv6)
     (``l3hostd_config`` is merged into its YAML config, its ``bgp`` key into ``bgp``).
+
+    ``reflectors=2`` adds a second BIRD reflector, as in production (two spines), in
+    namespace ``rr2`` (:attr:`rr2`), plugged into the shared fabric (so it needs
+    ``shared_fabric=True``) with ``100.64.<i>.253`` / ``fd00:64:<i>::253`` for hypervisor
+    ``i``; every l3hostd also peers with it (sessions ``rr2`` and ``rr2_6``), from the same
+    source address. Both reflectors send every path with ADD-PATH and the same next hop
+    (the announcing hypervisor's address), so a hypervisor's kernel route does not depend
+    on which reflector is up. ``rr_options`` apply to both. Only with ``speaker="l3hostd"``.
     """
 
     def __init__(
@@ -760,7 +793,12 @@ class BgpTopology:
         bird_config: dict[str, Any] | None = None,
         l3hostd_config: dict[str, object] | None = None,
         shared_fabric: bool = False,
+        reflectors: int = 1,
     ) -> None:
+        if reflectors not in (1, 2):
+            raise ValueError("reflectors: 1 or 2")
+        if reflectors == 2 and not (shared_fabric and speaker == "l3hostd"):
+            raise ValueError("reflectors=2 needs shared_fabric=True and speaker='l3hostd'")
         self.lab, self.ipv6, self.speaker_kind = lab, ipv6, speaker
         self.shared_fabric = shared_fabric
         self.rr_ns = lab.netns("rr")
@@ -769,9 +807,15 @@ class BgpTopology:
         if shared_fabric:
             self.rr_ns.ip("link", "add", "fabric", "type", "bridge")
             self.rr_ns.ip("link", "set", "fabric", "up")
+        self.rr2_ns: Netns | None = None
+        if reflectors == 2:
+            self.rr2_ns = lab.netns("rr2")
+            lab.veth(self.rr2_ns, "fabric", self.rr_ns, "rr2")
+            self.rr_ns.ip("link", "set", "rr2", "master", "fabric")
         self.hvs: list[Hypervisor] = []
         self.speakers: list[Speaker] = []
         clients: list[tuple[str, str, str]] = []
+        clients2: list[tuple[str, str, str]] = []
         for i in range(1, hypervisors + 1):
             hv = Hypervisor(lab, f"hv{i}", i)
             if shared_fabric:
@@ -784,10 +828,16 @@ class BgpTopology:
             clients.append((f"hv{i}", hv.uplink4, rr4))
             if ipv6:
                 clients.append((f"hv{i}_v6", hv.uplink6, self.rr_address(i, 6)))
+            more: list[tuple[str, str | None]] = []
+            if self.rr2_ns is not None:
+                more.append(self._attach_rr2(hv))
+                clients2.append((f"hv{i}", hv.uplink4, self.rr2_address(i, 4)))
+                if ipv6:
+                    clients2.append((f"hv{i}_v6", hv.uplink6, self.rr2_address(i, 6)))
             if speaker == "bird":
                 self.speakers.append(BirdSpeaker(hv, rr4, rr6, bird_config))
             elif speaker == "l3hostd":
-                self.speakers.append(L3hostdSpeaker(hv, rr4, rr6, l3hostd_config))
+                self.speakers.append(L3hostdSpeaker(hv, rr4, rr6, l3hostd_config, more))
             else:
                 raise ValueError(f"unknown speaker {speaker!r}")
         self.rr = BirdRouter(lab, self.rr_ns, "rr", RR_ROUTER_ID)
@@ -796,6 +846,30 @@ class BgpTopology:
             static_prefix=rr_static_prefix, **(rr_options or {}),
         ))
         self.rr_clients = [client[0] for client in clients]
+        #: The second reflector (``reflectors=2``), else None; :attr:`reflectors` has both.
+        self.rr2: BirdRouter | None = None
+        self.reflectors = [self.rr]
+        if self.rr2_ns is not None:
+            self.rr2 = BirdRouter(lab, self.rr2_ns, "rr2", RR2_ROUTER_ID)
+            self.rr2.write_config(rr_config(
+                RR2_ROUTER_ID, LAB_ASN, clients2, static_routes=rr_static_routes,
+                static_prefix=rr_static_prefix, **(rr_options or {}),
+            ))
+            self.reflectors.append(self.rr2)
+
+    def _attach_rr2(self, hv: Hypervisor) -> tuple[str, str | None]:
+        """The second reflector's addresses for ``hv`` on the fabric (on-link for it)."""
+        assert self.rr2_ns is not None
+        i = hv.index
+        self.rr2_ns.ip("addr", "add", f"{self.rr2_address(i, 4)}/16", "dev", "fabric")
+        self.rr2_ns.ip("-6", "addr", "add", f"{self.rr2_address(i, 6)}/32", "dev", "fabric",
+                       "nodad")
+        return self.rr2_address(i, 4), self.rr2_address(i, 6) if self.ipv6 else None
+
+    @staticmethod
+    def rr2_address(index: int, family: int = 4) -> str:
+        """The second reflector's address for hypervisor ``index`` (``reflectors=2``)."""
+        return f"100.64.{index}.253" if family == 4 else f"fd00:64:{index}::253"
 
     def _attach_shared(self, hv: Hypervisor) -> None:
         """``eth0`` of ``hv`` on the RR's bridge: one L2 segment, 100.64.0.0/16 and
@@ -828,7 +902,8 @@ class BgpTopology:
         return self.speakers[index - 1]
 
     def start_rr(self) -> None:
-        self.rr.start()
+        for rr in self.reflectors:
+            rr.start()
 
     def start_speaker(self, index: int) -> None:
         self.speaker(index).start()

@@ -20,7 +20,8 @@ Graceful restart (RFC 4724), both roles:
   End-of-RIB (never an empty one first); a SIGTERM stop closes the sessions without a
   NOTIFICATION so the reflectors keep our routes as stale while we restart;
 * receiving speaker -- a peer whose session drops without NOTIFICATION and who advertised
-  GR keeps its paths as stale; they go on its End-of-RIB or when its restart time ends.
+  GR keeps its paths as stale; they go on its End-of-RIB, or when its restart time ends
+  before the session is back, or :data:`STALE_PATH_TIME` after it is back without one.
 
 Max-prefix: a peer that sends more than ``max_prefixes`` accepted paths gets a
 NOTIFICATION Cease / Maximum Number of Prefixes Reached (RFC 4486) and its paths go.
@@ -77,6 +78,9 @@ from l3hostd.settings import Config, PeerConfig
 log = logging.getLogger("l3hostd.bgp")
 
 SLICE = 2000  # prefixes encoded per step (~10 ms)
+#: How long a gracefully restarted peer's stale routes wait for its End-of-RIB once its
+#: session is back (FRR's ``stalepath-time`` default; BIRD waits without a limit).
+STALE_PATH_TIME = 360
 FAMILIES = {"ipv4": IPV4_UNICAST, "ipv6": IPV6_UNICAST}
 
 
@@ -431,6 +435,13 @@ class BgpManager:
             if gr is None or not kept:
                 # RFC 4724 §4.2: no GR (or forwarding not preserved) in the new OPEN
                 self._apply(self.rib.sweep_stale(peer.config.name))
+            elif peer.stale_timer is not None:
+                # RFC 4724 §4.2: the restart time bounds the re-establishment only (BIRD
+                # stops its gr_timer here too); the stale routes now wait for End-of-RIB,
+                # which a restarted reflector may send many seconds after the session is up
+                peer.stale_timer.cancel()
+                peer.stale_timer = asyncio.get_running_loop().call_later(
+                    STALE_PATH_TIME, self._stale_timeout, peer, "no End-of-RIB in time")
         peer.wake.set()
 
     def _update(self, peer: PeerRuntime, event: fsm.UpdateReceived) -> None:
@@ -500,9 +511,9 @@ class BgpManager:
         else:
             self._apply(self.rib.peer_down(peer.config.name))
 
-    def _stale_timeout(self, peer: PeerRuntime) -> None:
+    def _stale_timeout(self, peer: PeerRuntime, why: str = "restart time over") -> None:
         peer.stale_timer = None
-        log.warning("peer %s: restart time over, removing its stale routes", peer.config.name)
+        log.warning("peer %s: %s, removing its stale routes", peer.config.name, why)
         self._apply(self.rib.sweep_stale(peer.config.name))
 
     def _apply(self, delta: SelectionDelta) -> None:
