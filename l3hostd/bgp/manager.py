@@ -252,7 +252,9 @@ class BgpManager:
         self.dataplane.wake()
 
     def resync(self) -> None:
-        """Periodic: next hops may resolve differently now (the fabric's routes changed)."""
+        """Periodic: next hops may resolve differently now (the fabric's routes changed);
+        the kernel-learn watcher re-reads every matching link (a safety net)."""
+        self.watch.full_resync()
         if self.learned.re_resolve():
             self.dataplane.wake()
 

@@ -90,6 +90,9 @@ class KernelRouteWatch:
         self._on_change = on_change
         self._ifindexes: dict[int, str] = {}  # matching links
         self._routes: _Routes = {}
+        self._by_ifindex: dict[int, set[IPNetwork]] = {}  # prefixes with a route via it
+        self._pending: set[int] = set()  # new matching links whose routes are to be read
+        self._full = True  # next resync re-reads every matching link (start, overflow)
         self._exported: dict[IPNetwork, int] = {}
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,7 +106,8 @@ class KernelRouteWatch:
         if match and link.admin_up:
             if link.ifindex not in self._ifindexes:
                 self._ifindexes[link.ifindex] = link.ifname
-                self.resync_needed.set()  # read the routes it already has
+                self._pending.add(link.ifindex)  # read the routes it already has (only its)
+                self.resync_needed.set()
         elif link.ifindex in self._ifindexes:
             del self._ifindexes[link.ifindex]
             self._drop_ifindex(link.ifindex)
@@ -113,12 +117,20 @@ class KernelRouteWatch:
             self._drop_ifindex(ifindex)
 
     def _drop_ifindex(self, ifindex: int) -> None:
+        self._pending.discard(ifindex)
         touched = []
-        for prefix, seen in self._routes.items():
-            if any(s[0] == ifindex for s in seen):
+        for prefix in self._by_ifindex.pop(ifindex, ()):
+            seen = self._routes.get(prefix)
+            if seen:
                 seen.difference_update({s for s in seen if s[0] == ifindex})
                 touched.append(prefix)
         self._publish(touched)
+
+    def full_resync(self) -> None:
+        """Re-read the routes of every matching link at the next resync (periodic safety
+        net; a lost event)."""
+        self._full = True
+        self.resync_needed.set()
 
     # ---- events ----------------------------------------------------------------------------
 
@@ -134,7 +146,7 @@ class KernelRouteWatch:
         self._sock = sock
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._on_readable)
-        self.resync_needed.set()
+        self.full_resync()
 
     def stop(self) -> None:
         if self._sock is not None and self._loop is not None:
@@ -153,10 +165,10 @@ class KernelRouteWatch:
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     self.overflows += 1
-                    self.resync_needed.set()
+                    self.full_resync()
                     continue
                 log.error("route event socket failed: %s", exc)
-                self.resync_needed.set()
+                self.full_resync()
                 break
             for mtype, _flags, _seq, start, end in wire.iter_headers(data):
                 if mtype not in (wire.RTM_NEWROUTE, wire.RTM_DELROUTE):
@@ -171,8 +183,11 @@ class KernelRouteWatch:
                 item = (rec.oif, rec.protocol, rec.priority or 0)
                 if mtype == wire.RTM_NEWROUTE:
                     seen.add(item)
+                    self._by_ifindex.setdefault(rec.oif, set()).add(rec.dst)
                 else:
                     seen.discard(item)
+                    if not any(s[0] == rec.oif for s in seen):
+                        self._by_ifindex.get(rec.oif, set()).discard(rec.dst)
                 touched.append(rec.dst)
         self._publish(touched)
 
@@ -201,24 +216,48 @@ class KernelRouteWatch:
     # ---- resync -----------------------------------------------------------------------------
 
     async def resync(self, batch: RtnlBatchSocket) -> None:
-        """Re-read the routes of every matching device (kernel-side RTA_OIF filter)."""
+        """Read routes from the kernel (kernel-side RTA_OIF filter): every matching link's
+        after a start or a lost event; otherwise only those of links that just appeared
+        (one new TAP costs one small dump, not one per TAP on the host)."""
         self.resync_needed.clear()
+        if not self._full:
+            pending, self._pending = self._pending, set()
+            touched: list[IPNetwork] = []
+            for ifindex in pending:
+                if ifindex in self._ifindexes:
+                    for dst, item in await self._read(batch, ifindex):
+                        self._routes.setdefault(dst, set()).add(item)
+                        self._by_ifindex.setdefault(ifindex, set()).add(dst)
+                        touched.append(dst)
+            self._publish(touched)
+            return
+        self._full = False
+        self._pending.clear()
         fresh: _Routes = {}
+        by_ifindex: dict[int, set[IPNetwork]] = {}
         for ifindex in list(self._ifindexes):
-            for family in (socket.AF_INET, socket.AF_INET6):
-                try:
-                    records = await batch.dump_routes(family, 0, self.table, oif=ifindex)
-                except OSError as exc:
-                    log.debug("route dump of ifindex %d failed: %s", ifindex, exc)
-                    continue
-                for rec in records:
-                    if self._candidate(rec) and rec.oif == ifindex:
-                        fresh.setdefault(rec.dst, set()).add(
-                            (ifindex, rec.protocol, rec.priority or 0)
-                        )
-        touched = set(self._routes) | set(fresh)
+            for dst, item in await self._read(batch, ifindex):
+                fresh.setdefault(dst, set()).add(item)
+                by_ifindex.setdefault(ifindex, set()).add(dst)
+        touched_all = set(self._routes) | set(fresh)
         self._routes = fresh
-        self._publish(touched)
+        self._by_ifindex = by_ifindex
+        self._publish(touched_all)
+
+    async def _read(
+        self, batch: RtnlBatchSocket, ifindex: int
+    ) -> list[tuple[IPNetwork, tuple[int, int, int]]]:
+        out = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                records = await batch.dump_routes(family, 0, self.table, oif=ifindex)
+            except OSError as exc:
+                log.debug("route dump of ifindex %d failed: %s", ifindex, exc)
+                continue
+            for rec in records:
+                if self._candidate(rec) and rec.oif == ifindex:
+                    out.append((rec.dst, (ifindex, rec.protocol, rec.priority or 0)))
+        return out
 
     @property
     def exported(self) -> dict[IPNetwork, int]:
