@@ -444,6 +444,9 @@ class BgpConfig(_Section):
     hold_time: HoldTime = 90
     keepalive_time: Annotated[StrictInt, Field(ge=1, le=65535)] = 30
     connect_retry_time: Annotated[StrictInt, Field(ge=1, le=65535)] = 5
+    #: RFC 9687: a session whose writes make no progress this long is closed. Unset:
+    #: max(8 minutes, 2 x the negotiated hold time), the RFC's default.
+    send_hold_time: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
     graceful_restart: GracefulRestartConfig = Field(default_factory=GracefulRestartConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     import_: ImportConfig = Field(default_factory=ImportConfig, alias="import")

@@ -51,6 +51,7 @@ LIVE = frozenset({
     "bgp.hold_time",
     "bgp.keepalive_time",
     "bgp.connect_retry_time",
+    "bgp.send_hold_time",
     "bgp.graceful_restart.enabled",
     "bgp.graceful_restart.restart_time",
     "bgp.peers",
@@ -138,6 +139,7 @@ def session_settings(bgp: BgpConfig, peer: PeerConfig) -> dict[str, object]:
     out["hold_time"] = bgp.hold_time_for(peer)
     out["keepalive_time"] = bgp.keepalive_time_for(peer)
     out["bgp.connect_retry_time"] = bgp.connect_retry_time
+    out["bgp.send_hold_time"] = bgp.send_hold_time
     out["bgp.graceful_restart.enabled"] = bgp.graceful_restart.enabled
     out["bgp.graceful_restart.restart_time"] = bgp.graceful_restart.restart_time
     return out

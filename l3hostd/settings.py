@@ -224,6 +224,7 @@ class BgpConfig:
     hold_time: int = 90
     keepalive_time: int = 30
     connect_retry_time: int = 5
+    send_hold_time: int | None = None  # RFC 9687; None: max(480, 2 x the hold time)
     graceful_restart: GracefulRestartConfig = field(default_factory=GracefulRestartConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     import_: ImportConfig = field(default_factory=ImportConfig)  # YAML key "import"

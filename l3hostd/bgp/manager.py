@@ -189,7 +189,7 @@ class BgpManager:
         session = fsm.Session(session_config, codec, random.Random())
         speaker = PeerSpeaker(
             peer.name, peer.address, peer.port, peer.source_address, peer.multihop,
-            password, session, self._on_event,
+            password, session, self._on_event, self.config.bgp.send_hold_time,
         )
         policy = ExportPolicy(self.export_policy.communities,
                               self.export_policy.large_communities, self.draining, self.drained)

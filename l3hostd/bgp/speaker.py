@@ -35,6 +35,8 @@ TCP_MD5SIG_MAXKEYLEN = 80
 CONNECT_TIMEOUT = 10.0
 HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
+#: RFC 9687 §4: the SendHoldTimer's default, max(8 minutes, 2 x the hold time).
+SEND_HOLD_MIN = 480
 
 EventCallback = Callable[["PeerSpeaker", object], None]
 
@@ -95,6 +97,7 @@ class PeerSpeaker:
         password: bytes | None,
         session: fsm.Session,
         on_event: EventCallback,
+        send_hold_time: int | None = None,
     ) -> None:
         self.name = name
         self.address = address
@@ -111,6 +114,8 @@ class PeerSpeaker:
         self.local_address: IPAddress | None = None
         self.last_error = ""
         self._logged_error = ""
+        self.send_hold_time = send_hold_time  # None: RFC 9687's default
+        self._send_hold: asyncio.TimerHandle | None = None
         self._held = False  # reading paused by flow control
         self._unread = b""  # received, not yet handed to the session (from _unread_at)
         self._unread_at = 0
@@ -170,6 +175,45 @@ class PeerSpeaker:
             else:
                 self._on_event(self, action)
         self._arm_timer()
+        self._watch_send_progress()
+
+    # ---- RFC 9687 send hold timer -----------------------------------------------------------
+
+    def _watch_send_progress(self) -> None:
+        """Bytes we wrote that the kernel could not take (the peer's TCP window is closed)
+        start the SendHoldTimer; an empty buffer at any write stops it. A peer that keeps
+        sending KEEPALIVEs but never reads would otherwise hold the session (and our
+        routes to it) forever: its hold timer never expires."""
+        proto = self._protocol
+        if proto is None or proto.transport is None:
+            return
+        if proto.transport.get_write_buffer_size() == 0:
+            if self._send_hold is not None:
+                self._send_hold.cancel()
+                self._send_hold = None
+            return
+        if self._send_hold is None:
+            negotiated = self.session.negotiated
+            hold = negotiated.hold_time if negotiated is not None else 0
+            if not hold:
+                return  # no hold time, no send hold timer (RFC 9687 §3)
+            limit = self.send_hold_time or max(SEND_HOLD_MIN, 2 * hold)
+            self._send_hold = self._loop.call_later(limit, self._send_hold_expired, limit)
+
+    def _send_hold_expired(self, limit: int) -> None:
+        self._send_hold = None
+        proto = self._protocol
+        if proto is None or proto.transport is None:
+            return
+        queued = proto.transport.get_write_buffer_size()
+        if queued == 0:
+            return  # it drained since
+        # The NOTIFICATION (8, Send Hold Timer Expired) could not be delivered either: the
+        # connection is dropped, like any transport failure, and the session restarts.
+        self.last_error = (f"send hold timer expired: {queued} bytes not taken by the peer "
+                           f"for {limit}s (RFC 9687)")
+        log.warning("peer %s: %s; closing the connection", self.name, self.last_error)
+        proto.transport.abort()
 
     def _arm_timer(self) -> None:
         deadline = self.session.next_deadline()
@@ -294,6 +338,9 @@ class PeerSpeaker:
         if proto is not self._protocol:
             return
         self._protocol = None
+        if self._send_hold is not None:
+            self._send_hold.cancel()
+            self._send_hold = None
         if exc is not None:
             self.last_error = f"connection lost: {exc}"
         self.session.connection_lost(self._loop.time())

@@ -13,20 +13,19 @@ BIRD promptly, the control socket keeps answering quickly, the reflector's sessi
 flaps, a TAP created then reaches BIRD in milliseconds, and the hold timer ends the
 stuck session.
 
-With ``L3HOSTD_LONG_TESTS=1`` a second test runs the peer in ``--keepalives`` mode (reads
-nothing, keeps sending KEEPALIVEs): marked xfail because l3hostd has no RFC 9687 send hold
-timer yet -- the session stays Established, with bounded memory.
+A second test runs the peer in ``--keepalives`` mode (reads nothing, keeps sending
+KEEPALIVEs): its hold timer never expires, the RFC 9687 send hold timer ends the session.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 from faultlab import add_taps, endpoint_files, ip_batch, make_ports
 
@@ -65,7 +64,7 @@ def queues(ns: Netns, remote: str) -> tuple[int, int]:
     return -1, -1
 
 
-def stuck_topology(lab: Lab, keepalives: bool = False
+def stuck_topology(lab: Lab, keepalives: bool = False, send_hold_time: int | None = None
                    ) -> tuple[BgpTopology, Netns, subprocess.Popen[bytes]]:
     """The topology of the module docstring, sessions up, the peer stuck from now on."""
     topo = BgpTopology(lab, hypervisors=1, ipv6=False, speaker="l3hostd", shared_fabric=True)
@@ -80,6 +79,8 @@ def stuck_topology(lab: Lab, keepalives: bool = False
         "families": ["ipv4"], "hold_time": STUCK_HOLD, "keepalive_time": 2,
     })
     config["dataplane"] = {"ipv6_gateway": False}  # the endpoints' TAPs are IPv4-only
+    if send_hold_time is not None:
+        config["bgp"]["send_hold_time"] = send_hold_time
     hv.config_path.write_text(yaml.safe_dump(config))
     stuck = lab.start(stuck_ns, [sys.executable, str(TOOL), STUCK, "65501", STUCK,
                                  *(["--keepalives"] if keepalives else [])], "stuck.log")
@@ -152,16 +153,18 @@ def test_a_peer_that_stops_reading_affects_nobody_else_and_is_torn_down(lab: Lab
     assert stuck.poll() is None  # the speaker ended the session, not the peer
 
 
-@pytest.mark.skipif(not LONG, reason="long: set L3HOSTD_LONG_TESTS=1")
-@pytest.mark.xfail(strict=True, reason="no RFC 9687 SendHoldTimer: a peer that keeps "
-                   "sending KEEPALIVEs but never reads stays Established")
 def test_a_peer_that_sends_keepalives_but_never_reads_is_torn_down(lab: Lab) -> None:
     """The same peer, but its timers keep running (``--keepalives``): the hold timer never
-    expires, only a send-side limit can end the session -- RFC 9687's SendHoldTimer (its
-    default is max(8 min, 2x the hold time); BIRD has ``send hold time``). When l3hostd
-    has one, this test should configure it short; it allows 4x the 6 s hold time."""
-    topo, _, _ = stuck_topology(lab, keepalives=True)
+    expires, only a send-side limit can end the session -- RFC 9687's SendHoldTimer
+    (``bgp.send_hold_time``, here 8 s; its default is max(8 min, 2x the hold time))."""
+    topo, _, _ = stuck_topology(lab, keepalives=True, send_hold_time=8)
     flood(topo.hv(1), ROUTES)
     wait_until(lambda: queues(topo.hv(1).ns, STUCK)[1] > 0, 10, what="send queue backed up")
+    backed_up = time.monotonic()
     wait_until(lambda: peer_state(topo, "stuck")["state"] != "Established", 4 * STUCK_HOLD,
                interval=0.2, what="the stuck session torn down by a send hold timer")
+    took = time.monotonic() - backed_up
+    assert re.search(r"peer stuck: send hold timer expired: \d+ bytes not taken by the peer "
+                     r"for 8s \(RFC 9687\)", topo.hv(1).log()), topo.hv(1).log()[-2000:]
+    assert took >= 6, f"torn down {took:.1f} s after the send queue backed up: too early"
+    assert peer_state(topo, "rr")["state"] == "Established"  # the reflector unaffected
