@@ -506,6 +506,7 @@ class EndpointsConfig(_Section):
     directory: AbsPath = Path("/var/lib/l3hostd/endpoints")
     interface_patterns: InterfacePatterns = ("tap*",)
     rescan_interval: Seconds = 60
+    allowed_networks: tuple[Prefix, ...] = ()
 
 
 class DataplaneConfig(_Section):

@@ -111,6 +111,7 @@ class Daemon:
             config.endpoints.directory,
             self._on_endpoints,
             rescan_interval=config.endpoints.rescan_interval,
+            allowed_networks=config.endpoints.allowed_networks,
         )
         self.notifier = Notifier()
         self._stop = asyncio.Event()

@@ -244,6 +244,7 @@ class EndpointsConfig:
     directory: Path = Path("/var/lib/l3hostd/endpoints")
     interface_patterns: tuple[str, ...] = ("tap*",)
     rescan_interval: float = 60
+    allowed_networks: tuple[IPNetwork, ...] = ()  # empty: any
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,7 @@ import os
 import random
 import stat
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -357,14 +357,17 @@ class DirectorySource:
         directory: Path,
         on_change: Callable[[SourceChange], None],
         rescan_interval: float = 60.0,
+        allowed_networks: Sequence[IPNetwork] = (),
     ) -> None:
         if rescan_interval <= 0:
             raise ValueError(f"rescan_interval must be > 0, not {rescan_interval}")
         self.directory = Path(directory)
         self._on_change = on_change
         self.rescan_interval = float(rescan_interval)
+        allowed = tuple(allowed_networks)
         self._endpoints: _Collection[Endpoint] = _Collection(
-            "endpoint", "id", parse_endpoint, lambda ep: ep.id
+            "endpoint", "id", lambda data, name: parse_endpoint(data, name, allowed),
+            lambda ep: ep.id,
         )
         self._groups: _Collection[SecurityGroup] = _Collection(
             "security group", "name", parse_security_group, lambda sg: sg.name

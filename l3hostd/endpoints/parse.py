@@ -603,11 +603,24 @@ def _unique(items: Iterable[_T]) -> tuple[_T, ...]:
 # Step 3: cross-field checks and conversion
 
 
-def parse_endpoint(data: bytes, filename: str) -> Endpoint:
-    """Parse one endpoint file. Raises :class:`EndpointFileError`."""
+def parse_endpoint(
+    data: bytes, filename: str, allowed: Sequence[IPNetwork] = ()
+) -> Endpoint:
+    """Parse one endpoint file. Raises :class:`EndpointFileError`. ``allowed``: the
+    networks its IPs and allowed-address-pair prefixes must lie in (empty: any)."""
     doc = _validate(_ENDPOINT, load_document(data, filename), filename)
     if not doc["ips"]:
         raise EndpointFileError(filename, "ips", "at least one IP address is required", [])
+    if allowed:
+        for field in ("ips", "allowed_address_pairs"):
+            for i, value in enumerate(doc[field]):
+                net = ip_network(value)
+                if not any(net.version == a.version and net.subnet_of(a)  # type: ignore[arg-type]
+                           for a in allowed):
+                    raise EndpointFileError(
+                        filename, f"{field}[{i}]",
+                        "not in endpoints.allowed_networks "
+                        f"({', '.join(str(a) for a in allowed)})", str(value))
     return Endpoint(
         id=doc["id"],
         interface=doc["interface"],

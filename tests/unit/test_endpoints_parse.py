@@ -480,3 +480,24 @@ def test_yaml_alias_bomb_is_cheap() -> None:
     assert err.field_path == "colour"
     assert err.message == "unknown key"
     assert len(str(err)) < 200
+
+
+def test_addresses_outside_the_allowed_networks_are_refused() -> None:
+    """``endpoints.allowed_networks``: one error naming the file and the field, for an IP
+    and for an allowed-address pair; inside them, or with no list, the file is fine."""
+    from ipaddress import ip_network as net
+
+    from l3hostd.endpoints.parse import EndpointFileError, parse_endpoint
+
+    allowed = (net("10.10.0.0/16"), net("2001:db8:10::/48"))
+    good = (b"id: p1\ninterface: tap1\nmac: 'fa:16:3e:00:00:01'\n"
+            b"ips: [10.10.0.5, '2001:db8:10::5']\nallowed_address_pairs: [10.10.8.0/24]\n")
+    assert parse_endpoint(good, "p1.yaml", allowed).ips[0] == IPv4Address("10.10.0.5")
+    assert parse_endpoint(good.replace(b"10.10.0.5", b"192.0.2.5"), "p1.yaml").id == "p1"
+    with pytest.raises(EndpointFileError) as err:
+        parse_endpoint(good.replace(b"10.10.0.5", b"192.0.2.5"), "p1.yaml", allowed)
+    assert str(err.value) == ("p1.yaml: ips[0]: not in endpoints.allowed_networks "
+                              "(10.10.0.0/16, 2001:db8:10::/48) (got '192.0.2.5')")
+    with pytest.raises(EndpointFileError) as err:
+        parse_endpoint(good.replace(b"10.10.8.0/24", b"10.0.0.0/8"), "p1.yaml", allowed)
+    assert str(err.value).startswith("p1.yaml: allowed_address_pairs[0]: not in endpoints.")
