@@ -103,7 +103,7 @@ async def _run(
     except OSError as e:
         raise NftError(f"cannot run {argv[0]}: {e}") from e
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        out, err = await asyncio.wait_for(_talk(proc, stdin), timeout)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -115,6 +115,25 @@ async def _run(
         raise
     assert proc.returncode is not None
     return proc.returncode, out, err
+
+
+async def _talk(proc: asyncio.subprocess.Process, stdin: bytes | None) -> tuple[bytes, bytes]:
+    """``proc.communicate(stdin)``, except that an nft which exits before reading its
+    script (it failed at once) is not an error of ours: under uvloop, writing to its closed
+    pipe raises RuntimeError, which asyncio's communicate() does not expect, and nft's own
+    message on stderr was lost behind it."""
+    if stdin is not None and proc.stdin is not None:
+        try:
+            proc.stdin.write(stdin)
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass  # nft is gone; its stderr and exit status say why
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            proc.stdin.close()
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = await asyncio.gather(proc.stdout.read(), proc.stderr.read())
+    await proc.wait()
+    return out, err
 
 
 async def apply(script: str, timeout: float = 10.0, *, netns: str | None = None) -> None:
