@@ -218,6 +218,10 @@ class SessionConfig:
     restarting: bool = False  # set the R bit: we restarted (RFC 4724 §3)
     passive: bool = False  # never connect; wait for connection_made
     connect_delay: float = 2.0  # first IdleHold after start(); the damping floor
+    #: the IdleHold of the session's very first start() (None: connect_delay). A daemon
+    #: that just started has nothing to damp: l3hostd connects at once (BIRD's peers
+    #: connect to it at once too, it listens; we only connect).
+    start_delay: float | None = None
     connect_retry_time: float = 5.0
     max_connect_retry_time: float = 30.0
     max_idle_hold_time: float = 120.0
@@ -238,6 +242,8 @@ class SessionConfig:
             raise ValueError("restart_time must be 0..4095 (RFC 4724 §3: 12 bits)")
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError("jitter must be in [0, 1)")
+        if self.start_delay is not None and not 0 <= self.start_delay <= self.max_idle_hold_time:
+            raise ValueError("need 0 <= start_delay <= max_idle_hold_time")
         if not 0 < self.connect_delay <= self.max_idle_hold_time:
             raise ValueError("need 0 < connect_delay <= max_idle_hold_time")
         if not 0 < self.connect_retry_time <= self.max_connect_retry_time:
@@ -339,6 +345,7 @@ class Session:
         self._sent_open: Open | None = None
         self._negotiated: Negotiated | None = None
         self._idle_hold = config.connect_delay
+        self._started_once = False
         self._connect_retry = config.connect_retry_time
 
     # ---- introspection -------------------------------------------------------------------
@@ -501,7 +508,10 @@ class Session:
                 self._auto_start = True
                 self._connect_retry = self.config.connect_retry_time
                 if Timer.IDLE_HOLD not in self._timers:
-                    self._arm(Timer.IDLE_HOLD, now, self._jitter(self._idle_hold))
+                    first = not self._started_once and self.config.start_delay is not None
+                    delay = self.config.start_delay if first else self._idle_hold
+                    self._started_once = True
+                    self._arm(Timer.IDLE_HOLD, now, self._jitter(delay or 0.0))
             elif event is Event.MANUAL_STOP:
                 self._auto_start = False
                 self._timers.pop(Timer.IDLE_HOLD, None)

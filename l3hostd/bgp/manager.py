@@ -78,6 +78,9 @@ from l3hostd.settings import Config, PeerConfig
 log = logging.getLogger("l3hostd.bgp")
 
 SLICE = 2000  # prefixes encoded per step (~10 ms)
+#: Wait before a new session's first connect (its later reconnects are damped by the FSM):
+#: a restarted daemon is back Established in well under a second, not after 2 s.
+START_DELAY = 0.05
 #: How long a gracefully restarted peer's stale routes wait for its End-of-RIB once its
 #: session is back (FRR's ``stalepath-time`` default; BIRD waits without a limit).
 STALE_PATH_TIME = 360
@@ -184,6 +187,7 @@ class BgpManager:
             graceful_restart=gr.enabled,
             restart_time=gr.restart_time,
             restarting=restarting,
+            start_delay=START_DELAY,
         )
         codec = Codec(self.config.node.asn, peer.asn)
         session = fsm.Session(session_config, codec, random.Random())

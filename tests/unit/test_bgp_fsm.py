@@ -1497,3 +1497,17 @@ def test_chunking_does_not_change_the_result(msgs: list[bytes], cuts: list[int])
         last = cut
     assert pieces.take_actions() == whole.take_actions()
     assert pieces.counters.messages_in == whole.counters.messages_in
+
+
+def test_the_first_start_waits_start_delay_later_starts_the_damped_idle_hold() -> None:
+    s = new_session(config(jitter=0.0, start_delay=0.05))
+    s.start(10.0)
+    assert s.timers[Timer.IDLE_HOLD] == 10.05  # a fresh daemon connects at once
+    now = fire(s, Timer.IDLE_HOLD)
+    assert describe(s.take_actions()) == ["connect"]
+    s.stop(now, None)
+    s.take_actions()
+    s.start(now)
+    assert s.timers[Timer.IDLE_HOLD] == now + 2.0  # connect_delay: a restart is damped
+    with pytest.raises(ValueError, match="start_delay"):
+        config(start_delay=-1.0)
