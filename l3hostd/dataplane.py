@@ -27,7 +27,6 @@ so they are re-created when the device is up again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -273,8 +272,17 @@ class Dataplane:
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     async def _sleep(self, timeout: float | None) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        """Until woken, or ``timeout`` (a retry deadline) is over. Not ``wait_for``: it runs
+        the wait in a task of its own, so a wake-up took two turns of the event loop
+        instead of one, on the path of every event."""
+        if timeout is None:
+            await self._wake.wait()
+            return
+        deadline = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            deadline.cancel()
 
     async def apply_once(self) -> int:
         """One pass (see the module docstring); returns the number of requests written."""
