@@ -74,9 +74,11 @@ from l3hostd.settings import (
     ROUTE_TABLE_NAMES,
     ConfigError,
     HostPort,
+    large_communities,
     parse_community,
     read_password,
     route_table_id,
+    standard_communities,
 )
 
 __all__ = [
@@ -376,22 +378,12 @@ class ExportConfig(_Section):
     @property
     def standard_communities(self) -> tuple[tuple[int, int], ...]:
         """The RFC 1997 communities as ``(asn, value)`` pairs."""
-        out: list[tuple[int, int]] = []
-        for text in self.communities:
-            parsed = parse_community(text)
-            if len(parsed) == 2:
-                out.append((parsed[0], parsed[1]))
-        return tuple(out)
+        return standard_communities(self.communities)
 
     @property
     def large_communities(self) -> tuple[tuple[int, int, int], ...]:
         """The RFC 8092 large communities as ``(global, local1, local2)`` triples."""
-        out: list[tuple[int, int, int]] = []
-        for text in self.communities:
-            parsed = parse_community(text)
-            if len(parsed) == 3:
-                out.append((parsed[0], parsed[1], parsed[2]))
-        return tuple(out)
+        return large_communities(self.communities)
 
 
 class ImportConfig(_Section):

@@ -111,6 +111,16 @@ def parse_community(text: str) -> tuple[int, int] | tuple[int, int, int]:
     raise ValueError(f"not a valid community: {text!r}")
 
 
+def standard_communities(communities: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """The RFC 1997 ones of normalised community strings, as ``(asn, value)`` pairs."""
+    return tuple((c[0], c[1]) for c in map(parse_community, communities) if len(c) == 2)
+
+
+def large_communities(communities: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    """The RFC 8092 ones, as ``(global, local1, local2)`` triples."""
+    return tuple((c[0], c[1], c[2]) for c in map(parse_community, communities) if len(c) == 3)
+
+
 def route_table_id(table: str | int) -> int:
     """The kernel table number of a configured route table: a name or a number."""
     if isinstance(table, str):
@@ -164,22 +174,12 @@ class ExportConfig:
     @property
     def standard_communities(self) -> tuple[tuple[int, int], ...]:
         """The RFC 1997 communities as ``(asn, value)`` pairs."""
-        out: list[tuple[int, int]] = []
-        for text in self.communities:
-            parsed = parse_community(text)
-            if len(parsed) == 2:
-                out.append((parsed[0], parsed[1]))
-        return tuple(out)
+        return standard_communities(self.communities)
 
     @property
     def large_communities(self) -> tuple[tuple[int, int, int], ...]:
         """The RFC 8092 large communities as ``(global, local1, local2)`` triples."""
-        out: list[tuple[int, int, int]] = []
-        for text in self.communities:
-            parsed = parse_community(text)
-            if len(parsed) == 3:
-                out.append((parsed[0], parsed[1], parsed[2]))
-        return tuple(out)
+        return large_communities(self.communities)
 
 
 @dataclass(frozen=True, slots=True)
