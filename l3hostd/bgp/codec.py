@@ -483,36 +483,23 @@ def _next_hop_problem(raw: object, prefix: IPNetwork) -> str:
 def _parse_ipv4_prefixes(
     body: bytes, start: int, end: int, add_path: bool
 ) -> list[tuple[IPNetwork, int]] | None:
-    """IPv4 prefixes of a Withdrawn Routes / NLRI field (RFC 4271 §4.3, RFC 7911 §3);
-    None at the first thing that is not well-formed (the caller falls back to ExaBGP)."""
-    out: list[tuple[IPNetwork, int]] = []
-    off = start
+    """IPv4 prefixes of a Withdrawn Routes / NLRI field (RFC 4271 §4.3, RFC 7911 §3) as
+    networks; None at the first thing that is not well-formed (the caller falls back to
+    ExaBGP). :func:`_parse_ipv4_keys` does the parsing."""
+    parsed = _parse_ipv4_keys(body, start, end, add_path)
+    if parsed is None:
+        return None
     make = ipv4_network
-    while off < end:
-        pid = 0
-        if add_path:
-            if off + 4 > end:
-                return None
-            pid = int.from_bytes(body[off : off + 4], "big")
-            off += 4
-        if off >= end:
-            return None
-        plen = body[off]
-        nbytes = (plen + 7) >> 3
-        if plen > 32 or off + 1 + nbytes > end:
-            return None
-        value = int.from_bytes(body[off + 1 : off + 1 + nbytes], "big") << (32 - 8 * nbytes)
-        out.append((make(value, plen), pid))
-        off += 1 + nbytes
-    return out
+    return [(make(key >> 9, (key >> 1) & 0xFF), pid) for key, pid in zip(*parsed, strict=True)]
 
 
 def _parse_ipv4_keys(
     body: bytes, start: int, end: int, add_path: bool
 ) -> tuple[list[int], list[int]] | None:
-    """Like :func:`_parse_ipv4_prefixes`, but each prefix as its key
-    (:func:`~l3hostd.bgp.messages.prefix_key`) beside its path id: no object per prefix
-    but the key the RIB keeps."""
+    """IPv4 prefixes of a Withdrawn Routes / NLRI field (RFC 4271 §4.3, RFC 7911 §3), each
+    as its key (:func:`~l3hostd.bgp.messages.prefix_key`) beside its path id: no object
+    per prefix but the key the RIB keeps. None at the first thing that is not well-formed
+    (the caller falls back to ExaBGP)."""
     keys: list[int] = []
     pids: list[int] = []
     off = start
