@@ -21,7 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -166,6 +167,22 @@ def wait_until(
         if time.monotonic() - start > timeout:
             raise LabError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+@contextmanager
+def route_monitor(lab: Lab, ns: Netns) -> Iterator[list[str]]:
+    """Collect ``ip monitor route`` lines in a namespace while the block runs."""
+    proc = subprocess.Popen(["ip", "-n", ns.name, "monitor", "route"], stdout=subprocess.PIPE,
+                            text=True)
+    lab.on_close(proc.kill)
+    lines: list[str] = []
+    time.sleep(0.2)
+    try:
+        yield lines
+    finally:
+        time.sleep(0.3)
+        proc.terminate()
+        lines.extend(proc.communicate(timeout=5)[0].splitlines())
 
 
 def l3hostd_command(*args: str) -> list[str]:

@@ -14,9 +14,7 @@ so l3hostd runs with ``dataplane.ipv6_gateway: false``), and endpoint files writ
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 from bench.common import IPV4_ONLY_TAPS, Port, endpoint_files, fake_taps, ip_batch, ports
@@ -28,7 +26,7 @@ from bench.kstate import (
     rr_prefixes,
     state_diff,
 )
-from l3hostd.lab import Hypervisor, Lab, Netns
+from l3hostd.lab import Hypervisor, Netns, route_monitor
 
 __all__ = [
     "IPV4_ONLY_TAPS",
@@ -50,22 +48,6 @@ __all__ = [
     "rr_prefixes",
     "state_diff",
 ]
-
-
-@contextmanager
-def route_monitor(lab: Lab, ns: Netns) -> Iterator[list[str]]:
-    """Collect ``ip monitor route`` lines in a namespace while the block runs."""
-    proc = subprocess.Popen(["ip", "-n", ns.name, "monitor", "route"], stdout=subprocess.PIPE,
-                            text=True)
-    lab.on_close(proc.kill)
-    lines: list[str] = []
-    time.sleep(0.2)
-    try:
-        yield lines
-    finally:
-        time.sleep(0.3)
-        proc.terminate()
-        lines.extend(proc.communicate(timeout=5)[0].splitlines())
 
 
 def learned_lines(lines: Iterable[str]) -> list[str]:

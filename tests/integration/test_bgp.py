@@ -12,31 +12,12 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from l3hostd.birdlab import BgpTopology
-from l3hostd.lab import Lab, Netns, wait_until
-
-
-@contextmanager
-def route_monitor(lab: Lab, ns: Netns) -> Iterator[list[str]]:
-    """Collect ``ip monitor route`` lines in a namespace while the block runs."""
-    proc = subprocess.Popen(["ip", "-n", ns.name, "monitor", "route"], stdout=subprocess.PIPE,
-                            text=True)
-    lab.on_close(proc.kill)
-    lines: list[str] = []
-    time.sleep(0.2)
-    try:
-        yield lines
-    finally:
-        time.sleep(0.3)
-        proc.terminate()
-        lines.extend(proc.communicate(timeout=5)[0].splitlines())
+from l3hostd.lab import Lab, route_monitor, wait_until
 
 
 def deleted_learned(lines: list[str]) -> list[str]:
