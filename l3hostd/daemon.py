@@ -43,7 +43,7 @@ from l3hostd.dataplane import Dataplane
 from l3hostd.endpoints.directory import DirectorySource, SourceChange
 from l3hostd.firewall.compile import FirewallSettings
 from l3hostd.firewall.reconciler import FirewallInputs, FirewallReconciler
-from l3hostd.model import RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP, IPAddress, Link
+from l3hostd.model import RTPROT_L3HOSTD, IPAddress, Link
 from l3hostd.netlink import sysctl
 from l3hostd.netlink.driver import NetlinkDriver
 from l3hostd.netlink.monitor import LinkMonitor
@@ -191,20 +191,6 @@ class Daemon:
         )
         self.notifier.ready(status)
 
-    async def _any_learned_route(self, table: int) -> bool:
-        found = 0
-
-        def count(_key: int, _gateways: object) -> None:
-            nonlocal found
-            found += 1
-
-        def restart() -> None:
-            nonlocal found
-            found = 0
-
-        await self.driver.fold_learned(RTPROT_L3HOSTD_BGP, table, count, restart)
-        return found > 0
-
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -295,13 +281,21 @@ class Daemon:
         self.dataplane.on_groups(self.source.security_groups(), self.source.group_members())
         self.dataplane.on_endpoints(self.source.endpoints(), ())
         self._on_links(await self.driver.dump_links())
+        if self.bgp is not None:
+            # Routes of ours in the kernel: we restart (RFC 4724 R bit; adopt, don't sweep).
+            # The learned ones are read here, once: this is the learned-route reconciler's
+            # first resync (the first pass does not read them again; if it fails, the pass
+            # retries it with backoff).
+            learned = self.bgp.learned
+            try:
+                await learned.resync()
+            except Exception as err:  # the dataplane's clock is time.monotonic
+                learned.resync_failed(time.monotonic(), err)
+            self.bgp.restarting = bool(
+                len(learned.observed) or await self.driver.dump_routes(RTPROT_L3HOSTD)
+            )
         self.dataplane.set_ready()
         if self.bgp is not None:
-            # routes of ours in the kernel: we restart (RFC 4724 R bit; adopt, don't sweep)
-            self.bgp.restarting = bool(
-                await self.driver.dump_routes(RTPROT_L3HOSTD)
-                or await self._any_learned_route(self.bgp.learned.table)
-            )
             self.bgp.start()
         server = control.ControlServer(self.config.control.socket, self)
         await server.start()
