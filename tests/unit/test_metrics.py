@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry as PromRegistry
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,13 +54,18 @@ from l3hostd.metrics_hist import LATENCY_BUCKETS, Histogram
 from l3hostd.metrics_nft import NftTableSize
 from l3hostd.model import Endpoint
 from l3hostd.netlink.fake import FakeKernel
+from l3hostd.promtext import CollectorRegistry, generate_text
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def samples(registry: CollectorRegistry) -> Samples:
-    """Parse the exposition exactly as a scraper would."""
-    text = generate_latest(registry).decode()
+def samples(registry: CollectorRegistry | PromRegistry) -> Samples:
+    """Parse the exposition exactly as a scraper would (ours as the daemon writes it,
+    prometheus_client's reference registry with its own writer)."""
+    if isinstance(registry, CollectorRegistry):
+        text = generate_text(registry).decode()
+    else:
+        text = generate_latest(registry).decode()
     out: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -84,7 +89,7 @@ def test_histogram_exposition_equals_prometheus_clients_own() -> None:
     ours = Histogram()
     for v in values:
         ours.observe(v)
-    ref = CollectorRegistry()
+    ref = PromRegistry()
     prom = PromHistogram("l3hostd_x_seconds", "x", buckets=LATENCY_BUCKETS, registry=ref)
     for v in values:
         prom.observe(v)
@@ -574,7 +579,7 @@ def _exposed_names() -> tuple[set[str], dict[str, str]]:
         assert daemon.bgp is not None
         daemon.bgp.start()
         try:
-            return generate_latest(registry).decode()
+            return generate_text(registry).decode()
         finally:
             daemon.bgp.stop(graceful=False)
             await daemon.bgp.close()
