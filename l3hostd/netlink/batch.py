@@ -15,7 +15,8 @@ How:
   ``NETLINK_EXT_ACK`` (error strings), ``NETLINK_CAP_ACK`` (error replies echo only the
   request header) and large buffers (``SO_RCVBUFFORCE`` when permitted).
 * Driven by ``loop.add_reader()``: ``loop.create_datagram_endpoint()`` fails for
-  ``AF_NETLINK`` on uvloop. The reader is registered for the duration of one operation.
+  ``AF_NETLINK`` on uvloop. The reader is registered at the first operation and stays
+  (replies that arrive with no operation in progress are discarded).
 * The kernel processes a request datagram synchronously inside ``send()`` and queues one
   ACK per message on our receive queue. At most ``max_in_flight`` (256) requests are
   unacknowledged at any time: with thousands in flight the ACKs overflow the receive
@@ -477,6 +478,8 @@ class RtnlBatchSocket:
         self._rbuf = bytearray(_RECV_BUFFER)
         self._seq = 0
         self._op: _Op | None = None
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._unclean = False  # the last operation may have left replies queued
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
@@ -495,9 +498,11 @@ class RtnlBatchSocket:
         if sock is None:
             return
         op, self._op = self._op, None
-        if op is not None:
+        reader_loop, self._reader_loop = self._reader_loop, None
+        if reader_loop is not None:
             with contextlib.suppress(Exception):  # the loop may be closed already
-                op.loop.remove_reader(sock.fileno())
+                reader_loop.remove_reader(sock.fileno())
+        if op is not None:
             op.fail(NetlinkSocketError(errno_mod.EBADF, "socket closed", what="netlink"))
         sock.close()
 
@@ -714,19 +719,42 @@ class RtnlBatchSocket:
         op: _Op,
         start: Callable[[], None],
     ) -> None:
+        """One operation: ``start()`` sends, the reader feeds ``op`` until it is done.
+
+        The reader stays registered between operations (replies with no operation are
+        discarded): adding and removing it cost two ``epoll_ctl`` calls per operation, on
+        the path of every event. After an operation that did not end cleanly (timeout,
+        socket error, cancellation) the queue is drained of its leftovers and the reader
+        registered anew."""
         fd = sock.fileno()
-        self._drain_stale(sock)
+        if self._unclean:
+            self._drain_stale(sock)
+            self._unclean = False
+            # registered again: libuv stops a poll handle for good when the socket reports
+            # an error (POLLERR, e.g. ENOBUFS after an overflow), and uvloop's reader with it
+            self._drop_reader(fd)
+        if self._reader_loop is not loop:
+            self._drop_reader(fd)
+            loop.add_reader(fd, self._on_readable)
+            self._reader_loop = loop
         self._op = op
-        loop.add_reader(fd, self._on_readable)
+        clean = False
         try:
             start()
             await op.future
+            clean = True
         finally:
             if self._op is op:
                 self._op = None
-            if self._sock is sock:
-                loop.remove_reader(fd)
+            if not clean:
+                self._unclean = True
             op.finish()  # cancels the timer if we were cancelled
+
+    def _drop_reader(self, fd: int) -> None:
+        reader_loop, self._reader_loop = self._reader_loop, None
+        if reader_loop is not None:
+            with contextlib.suppress(Exception):  # an earlier loop, maybe closed
+                reader_loop.remove_reader(fd)
 
     def _drain_stale(self, sock: socket.socket) -> None:
         """Discard what an earlier, failed operation left queued (late ACKs, the rest of
@@ -757,6 +785,7 @@ class RtnlBatchSocket:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
+                self._unclean = True  # libuv may have stopped our reader (POLLERR)
                 if op is not None and op.socket_failed(exc):
                     continue
                 return
