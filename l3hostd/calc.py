@@ -6,7 +6,8 @@ and its TAP exists and is up; an ACTIVE endpoint wants
 
 * a host route ``<ip>/32|/128 dev <tap> scope link proto l3hostd`` per IP,
 * a permanent neighbour entry ``<ip> lladdr <mac>`` per IP on the TAP,
-* the TAP's own configuration (proxy-ARP sysctls, IPv6 gateway address).
+* the TAP's own configuration (proxy-ARP sysctls, IPv6 gateway address) -- wanted as
+  soon as the TAP exists, up or not: it is then in place before the TAP comes up.
 
 Routes are installed for the endpoint's ``ips`` only; ``allowed_address_pairs`` widen what
 the firewall lets the VM send, they are not routed to it (as with Neutron's port security).
@@ -73,10 +74,14 @@ def plan_endpoint(
         return EndpointPlan(EndpointState.CONFLICT, conflict)
     if link is None:
         return EndpointPlan(EndpointState.NO_INTERFACE, f"no interface {ep.interface}")
+    tap = TapConfig(link.ifindex, link.ifname, settings.ipv6_gateway, settings.route_localnet)
     if not link.up:
+        # The TAP's own configuration does not wait for it to come up: done while it is
+        # down, the sysctl writes (~0.3 ms) are off the path from link up to announcement.
         why = "admin-down" if not link.admin_up else "no carrier"
         return EndpointPlan(
-            EndpointState.INTERFACE_DOWN, f"{ep.interface} is {why}", ifindex=link.ifindex
+            EndpointState.INTERFACE_DOWN, f"{ep.interface} is {why}", tap=tap,
+            ifindex=link.ifindex,
         )
     routes = tuple(
         HostRoute(
@@ -88,7 +93,6 @@ def plan_endpoint(
         for ip in ep.ips
     )
     neighbours = tuple(Neighbour(link.ifindex, ip, ep.mac) for ip in ep.ips)
-    tap = TapConfig(link.ifindex, link.ifname, settings.ipv6_gateway, settings.route_localnet)
     return EndpointPlan(EndpointState.ACTIVE, "", routes, neighbours, tap, link.ifindex)
 
 

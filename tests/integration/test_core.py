@@ -58,6 +58,12 @@ def test_tap_down_and_up_gets_its_routes_back(lab: Lab) -> None:
     hv, (vm1, vm2) = boot(lab)
     hv.ns.ip("link", "set", vm2.tap, "down")
     wait_until(lambda: vm2.ipv4 not in " ".join(hv.routes("-4")), 2, what="flush on down")
+    # the kernel drops the TAP's IPv6 addresses when it goes down; the gateway address is
+    # put back while it is still down (the TAP's configuration does not wait for link up:
+    # it is off the path from up to announcement)
+    wait_until(lambda: "fe80::1/64" in hv.ns.ip("-6", "addr", "show", "dev", vm2.tap).stdout,
+               2, what="fe80::1 on the TAP while it is down")
+    assert "UP" not in hv.ns.ip("-br", "link", "show", vm2.tap).stdout.split()[1]
     hv.ns.ip("link", "set", vm2.tap, "up")
     wait_until(lambda: len(hv.routes("-4")) == 2 and len(hv.routes("-6")) == 2, 2,
                what="routes back after up")

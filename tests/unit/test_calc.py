@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l3hostd.calc import DataplaneSettings, DesiredState, calculate
-from l3hostd.model import RT_SCOPE_LINK, Endpoint, EndpointState, Link, Neighbour, RouteKey
+from l3hostd.model import (
+    RT_SCOPE_LINK,
+    Endpoint,
+    EndpointState,
+    Link,
+    Neighbour,
+    RouteKey,
+    TapConfig,
+)
 
 S = DataplaneSettings(interface_patterns=("tap*",))
 
@@ -45,7 +53,10 @@ def test_no_interface_down_interface_and_foreign_pattern() -> None:
         "b": EndpointState.INTERFACE_DOWN,
         "c": EndpointState.NO_INTERFACE,  # eth0 does not match tap*: never managed
     }
-    assert not d.routes and not d.neighbours and not d.taps
+    assert not d.routes and not d.neighbours
+    # a TAP that is down is configured already (sysctls, IPv6 gateway): off the path from
+    # link up to announcement; nothing for a missing TAP or a foreign interface
+    assert d.taps == {1: TapConfig(1, "tapb", True, False)}
 
 
 def test_ip_conflict_smallest_id_wins_and_loser_takes_over_when_winner_leaves() -> None:
