@@ -17,7 +17,6 @@ and a lower trim threshold; and when the dataplane goes idle after a lot of work
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("l3hostd")
@@ -31,7 +30,9 @@ TRIM_THRESHOLD = 256 * 1024
 
 def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # the symbols the process has loaded already (libc's among them): not
+        # ctypes.util.find_library, whose imports (shutil, tempfile, bz2, lzma) cost ~0.5 MiB
+        libc = ctypes.CDLL(None)
     except OSError:
         return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
