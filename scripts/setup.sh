@@ -30,7 +30,7 @@ stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c 'import l3hostd, pyroute2, uvloop, exabgp, pydantic, asyncinotify' 
+  .venv/bin/python -c 'import l3hostd, pyroute2, uvloop, exabgp, pydantic' 
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -25,9 +25,10 @@ name: an endpoint is keyed by its ``id``, a group by its ``name:``, a member lis
 the first by sorted file name) and the other is reported as an error; when the holder goes
 away, the other takes over.
 
-**Fast path: inotify** on the directory and on each subdirectory once it exists (they are
-not created by us; a subdirectory created later is picked up from the parent's IN_CREATE).
-An event only names a file; the source then re-reads that one file and decides by what it
+**Fast path: inotify** (:mod:`l3hostd.endpoints.inotify`, a small module of ours) on the
+directory and on each subdirectory once it exists (they are not created by us; a
+subdirectory created later is picked up from the parent's IN_CREATE). An event only names
+a file; the source then re-reads that one file and decides by what it
 finds (present: parse, absent: remove), so the kind of event hardly matters and a
 lost or reordered event cannot leave a wrong state behind. IN_CLOSE_WRITE and IN_MOVED_TO
 mean "complete"; a bare IN_CREATE (a hard link or symlink, or a non-atomic writer that has
@@ -86,8 +87,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Generic, TypeVar
 
-from asyncinotify import Event, Inotify, Mask, Watch
-
+from l3hostd.endpoints.inotify import Event, Inotify, Mask, Watch
 from l3hostd.endpoints.parse import (
     EndpointFileError,
     GroupMembers,
@@ -699,8 +699,8 @@ class DirectorySource:
                 self._watch_areas.clear()
 
     async def _run_tasks(self, inotify: Inotify) -> None:
-        # Two tasks rather than wait_for(inotify.get(), timeout): cancelling get() after
-        # it has read the fd but before it resumes would lose those events.
+        # Two tasks rather than wait_for(inotify.get(), timeout): the rescan keeps its own
+        # clock however often events come.
         tasks = [
             asyncio.create_task(self._watch_events(inotify), name="endpoints-inotify"),
             asyncio.create_task(self._rescan_periodically(), name="endpoints-rescan"),
@@ -721,7 +721,6 @@ class DirectorySource:
             self.rescan()
 
     async def _watch_events(self, inotify: Inotify) -> None:
-        inotify.sync_timeout = 0.0  # sync_get() then only drains what is already queued
         while True:
             events = [await inotify.get()]
             while len(events) < _MAX_BATCH and (event := inotify.sync_get()) is not None:
@@ -790,9 +789,9 @@ class DirectorySource:
                     self._drop_watch(area)
                     rescan_areas.add(area.name)
                 continue
-            if event.name is None:
+            name = event.name
+            if name is None:
                 continue
-            name = str(event.name)
             if Mask.ISDIR in mask:
                 if area is self._top and name in (SECURITY_GROUPS_DIR, GROUP_MEMBERS_DIR):
                     if mask & (Mask.MOVED_FROM | Mask.DELETE):

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 import uvloop
-from asyncinotify import Event, Mask
 
 import l3hostd.endpoints.directory as directory_module
 from l3hostd.endpoints.directory import DirectorySource, SourceChange, is_source_name
+from l3hostd.endpoints.inotify import Event, Mask
 
 # ----------------------------------------------------------------------------- helpers
 

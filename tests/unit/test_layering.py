@@ -30,10 +30,11 @@ IO_MODULES = {
     "uvloop",
     "exabgp",
     "os",
-    "asyncinotify",
     "select",
     "selectors",
 }
+#: Our own IO modules (by full dotted name).
+IO_OWN_MODULES = {"l3hostd.endpoints.inotify"}
 
 
 def imports(path: Path) -> set[str]:
@@ -46,9 +47,22 @@ def imports(path: Path) -> set[str]:
     return out
 
 
+def dotted_imports(path: Path) -> set[str]:
+    """Full names: ``import a.b`` -> a.b; ``from a.b import c`` -> a.b and a.b.c."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out
+
+
 @pytest.mark.parametrize("module", PURE)
 def test_pure_modules_do_no_io(module: str) -> None:
     assert not imports(ROOT / module) & IO_MODULES
+    assert not dotted_imports(ROOT / module) & IO_OWN_MODULES
 
 
 def test_only_the_driver_imports_pyroute2() -> None:
