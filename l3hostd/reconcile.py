@@ -280,8 +280,11 @@ class Reconciler(abc.ABC, Generic[K, V]):
             elif converged(key):
                 dirty.discard(key)
                 retry.pop(key, None)
-            # else: the wish changed while the batch was being written (set_desired ran
-            # during the await): the key stays dirty for the next pass
+            else:
+                # the wish changed while the batch was being written: dirty again, in the
+                # set of what it needs now (the change alone may have left it clean: it
+                # compared the new wish with what was installed *before* this write)
+                self._mark(key)
         if failed:
             self._log_failures(failed, started)
         self._shrink()

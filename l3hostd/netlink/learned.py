@@ -42,13 +42,14 @@ manager releases the protection once the peers sent End-of-RIB (or a capped wait
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from ipaddress import ip_address
 
 from l3hostd.bgp.rib import AdjRibIn
 from l3hostd.model import RT_TABLE_MAIN, RTPROT_L3HOSTD_BGP
 from l3hostd.netlink.kernel import Kernel
-from l3hostd.reconcile import Reconciler
+from l3hostd.reconcile import Phase, Reconciler
 
 LEARNED_METRIC = 2048
 
@@ -210,6 +211,10 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         self.desired = SelectionView(self)
         self.installed = InstalledView(self)
         self.observed = self.installed
+        # While an add batch is being written: the keys whose selection changed meanwhile
+        # (None: no batch in flight), and whether every key may have (re_resolve).
+        self._touched: set[int] | None = None
+        self._touched_all = False
 
     # ---- input from the RIB ----------------------------------------------------------------
 
@@ -229,6 +234,8 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         set indexes, None: nothing). What was installed is pinned (it was ``old``, unless
         the kernel already differed), and the key is dirty until the kernel matches."""
         self._retry.pop(key, None)
+        if self._touched is not None:
+            self._touched.add(key)
         drift = self.installed.drift
         want = None if new is None else self._resolved_set(new)
         if key not in drift:
@@ -300,6 +307,7 @@ class LearnedRouteReconciler(Reconciler[int, int]):
                 changed[nh] = new
         if not changed:
             return 0
+        self._touched_all = True
         sets = self._rib.ecmp_sets
         stale = {s for s in self._set_cache if not changed.keys().isdisjoint(sets[s])}
         keys = [key for key, bgp_set in self._rib.iter_selected() if bgp_set in stale]
@@ -322,6 +330,79 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         return len(keys)
 
     # ---- IO ------------------------------------------------------------------------------------
+
+    async def apply(self, phase: Phase, now: float) -> int:
+        """The ADD phase, specialised: the generic one costs ~3 us per route in views and
+        double lookups, the most of a 100k-route load's Python time. Same decisions: a
+        dirty key is written when it is desired and not installed as desired; after the
+        write, a key whose selection did not change meanwhile (none did, unless
+        :meth:`select` or :meth:`re_resolve` ran during the await) is installed as desired
+        -- its drift entry goes -- without computing its selection again."""
+        if phase is Phase.REMOVE:
+            return await super().apply(phase, now)
+        dirty = self._dirty_add
+        retry = self._retry
+        drift = self.installed.drift
+        desired_value = self.desired_value
+        budget = self.max_batch
+        adds: list[tuple[int, int]] = []
+        clean: list[int] = []
+        for key in dirty:
+            if retry and key in retry and retry[key].not_before > now:
+                continue
+            want = desired_value(key)
+            if want is None:
+                clean.append(key)  # not desired (any delete is the REMOVE phase's)
+                continue
+            have = drift.get(key)
+            if have is None or have == want:
+                clean.append(key)  # installed as desired
+                continue
+            adds.append((key, want))
+            if len(adds) >= budget:
+                break
+        for key in clean:
+            dirty.discard(key)
+            retry.pop(key, None)
+        self._shrink()
+        if not adds:
+            return 0
+        self.stats.applies += 1
+        t0 = time.monotonic()
+        self._touched, self._touched_all = set(), False
+        try:
+            errnos = await self._write((), adds)
+        finally:
+            touched, self._touched = self._touched, None
+        self.stats.observe_apply(time.monotonic() - t0)
+        self.stats.writes += len(errnos)
+        failed: dict[int, int] = {}
+        if self._touched_all:
+            touched = {key for key, _ in adds}
+        track = self.track_changes
+        for (key, value), err in zip(adds, errnos, strict=True):
+            if err:
+                failed[key] = err
+                self._fail(key, err, now)
+                continue
+            if track:
+                self._changed(key)
+            if key in touched:  # the wish moved during the write: the generic way
+                self.installed[key] = value
+                if self._converged(key):
+                    dirty.discard(key)
+                    retry.pop(key, None)
+                else:
+                    self._mark(key)
+            else:
+                drift.pop(key, None)
+                dirty.discard(key)
+                if retry:
+                    retry.pop(key, None)
+        if failed:
+            self._log_failures(failed, len(adds))
+        self._shrink()
+        return len(errnos)
 
     async def resync(self) -> None:
         """Read what is installed as a stream; keep only where it differs from desired."""
@@ -389,10 +470,10 @@ class LearnedRouteReconciler(Reconciler[int, int]):
     async def _write(
         self, deletes: Sequence[tuple[int, int]], adds: Sequence[tuple[int, int]]
     ) -> list[int]:
-        hops = self._rib.ecmp_next_hops
         return await self._kernel.write_learned(
             [k for k, _ in deletes],
-            [(k, hops(v)) for k, v in adds],
+            adds,
+            self._rib.ecmp_next_hops,
             self.table,
             self.metric,
             self.protocol,

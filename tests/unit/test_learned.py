@@ -150,3 +150,96 @@ def test_installed_state_is_kept_as_the_difference_from_desired() -> None:
         assert r.installed.drift == {} and r.observed.get(key) == delta[key][1]
 
     asyncio.run(go())
+
+
+class GatedKernel(FakeKernel):
+    """A kernel whose learned-route writes wait for a gate: what arrives from the RIB
+    while a batch is being written is applied in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def write_learned(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
+        return await super().write_learned(*args, **kwargs)
+
+
+def test_changes_during_a_write_are_not_lost() -> None:
+    """The ADD phase marks a written key installed-as-desired without recomputing its
+    selection unless that selection changed during the write: keys re-pointed, withdrawn
+    or added while a batch is in flight, and a re-resolution of next hops, all end up in
+    the kernel as the RIB now says, and only the affected keys are written again."""
+    k = GatedKernel()
+    rib = AdjRibIn()
+    rib.add_peer("rr1")
+    r = LearnedRouteReconciler(k, rib)
+
+    def feed(update: Update) -> None:
+        for key, (old, new) in rib.apply_update("rr1", update).items():
+            r.select(key, old, new)
+
+    def kernel_view() -> dict[str, list[str]]:
+        return {str(d): sorted(str(h) for h in v[2]) for (_, d), v in k.learned.items()}
+
+    async def go() -> None:
+        await r.resync()
+        feed(upd(*((f"10.9.0.{i}/32", "100.64.0.12", 1) for i in range(1, 7))))
+        k.gate = asyncio.Event()
+        write = asyncio.create_task(r.apply(Phase.ADD, 0.0))
+        await k.entered.wait()  # six routes in flight
+        feed(upd(("10.9.0.1/32", "100.64.0.13", 1)))  # re-pointed
+        feed(Update(withdrawn=((ip_network("10.9.0.2/32"), 1),)))  # withdrawn
+        feed(upd(("10.9.0.7/32", "100.64.0.12", 1)))  # new, not in the batch
+        k.gate.set()
+        assert await write == 6
+        k.gate = None
+        assert kernel_view()["10.9.0.1/32"] == ["100.64.0.12"]  # as written, pinned
+        assert r.installed.drift == {
+            key: v for key, v in r.installed.drift.items()
+        } and len(r.installed.drift) == 3  # .1 (old hop), .2 (not desired), .7 (absent)
+        k.clear_writes()
+        await apply(r)
+        assert sorted(w.op for w in k.writes) == ["learned-add", "learned-add", "learned-del"]
+        assert kernel_view() == {
+            **{f"10.9.0.{i}/32": ["100.64.0.12"] for i in (3, 4, 5, 6, 7)},
+            "10.9.0.1/32": ["100.64.0.13"],
+        }
+        assert r.installed.drift == {} and r.dirty_count == 0
+
+        # a next hop re-resolved during a write: every key of the batch is checked again
+        k.gateways[ip_address("100.64.0.14")] = ip_address("100.64.1.254")
+        feed(upd(("10.9.1.1/32", "100.64.0.14", 1), ("10.9.1.2/32", "100.64.0.14", 1)))
+        k.gate, k.entered = asyncio.Event(), asyncio.Event()
+        write = asyncio.create_task(r.apply(Phase.ADD, 0.0))
+        await k.entered.wait()
+        k.gateways[ip_address("100.64.0.14")] = ip_address("100.64.1.253")
+        assert r.re_resolve() == 2
+        k.gate.set()
+        await write
+        k.gate = None
+        assert r.dirty_count == 2 and len(r.installed.drift) == 2
+        await apply(r)
+        assert kernel_view()["10.9.1.1/32"] == ["100.64.1.253"]
+        assert kernel_view()["10.9.1.2/32"] == ["100.64.1.253"]
+        assert r.installed.drift == {} and r.dirty_count == 0
+
+        # withdrawn, then announced again as it was while its delete is in flight: the
+        # kernel lost it, so it is written again
+        feed(Update(withdrawn=((ip_network("10.9.0.3/32"), 1),)))
+        k.gate, k.entered = asyncio.Event(), asyncio.Event()
+        write = asyncio.create_task(r.apply(Phase.REMOVE, 0.0))
+        await k.entered.wait()
+        feed(upd(("10.9.0.3/32", "100.64.0.12", 1)))
+        k.gate.set()
+        assert await write == 1
+        k.gate = None
+        assert "10.9.0.3/32" not in kernel_view() and r.dirty_count == 1
+        await apply(r)
+        assert kernel_view()["10.9.0.3/32"] == ["100.64.0.12"]
+        assert r.installed.drift == {} and r.dirty_count == 0
+
+    asyncio.run(go())
