@@ -228,7 +228,8 @@ class NetlinkDriver:
     async def write_learned(
         self,
         deletes: Sequence[int],
-        adds: Sequence[tuple[int, tuple[IPAddress, ...]]],
+        adds: Sequence[tuple[int, int]],
+        next_hops: Callable[[int], tuple[IPAddress, ...]],
         table: int,
         metric: int,
         protocol: int,
@@ -238,14 +239,10 @@ class NetlinkDriver:
             packer = self._packers[(table, protocol, metric)] = wire.KeyedRoutePacker(
                 table, protocol, metric
             )
-        tails: dict[tuple[IPAddress, ...], bytes] = {}
         reqs = [packer.delete(key) for key in deletes]
-        for key, hops in adds:
-            tail = tails.get(hops)
-            if tail is None:
-                family = socket.AF_INET6 if key & 1 else socket.AF_INET
-                tail = tails[hops] = wire.next_hop_attrs(family, hops)
-            reqs.append(packer.add(key, tail))
+        reqs += packer.adds(
+            adds, lambda nh_set, family: wire.next_hop_attrs(family, next_hops(nh_set))
+        )
         return await self.batch.execute(reqs)
 
     # ---- per-TAP configuration ------------------------------------------------------------

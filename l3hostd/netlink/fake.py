@@ -180,7 +180,8 @@ class FakeKernel:
     async def write_learned(
         self,
         deletes: Sequence[int],
-        adds: Sequence[tuple[int, tuple[IPAddress, ...]]],
+        adds: Sequence[tuple[int, int]],
+        next_hops: Callable[[int], tuple[IPAddress, ...]],
         table: int,
         metric: int,
         protocol: int,
@@ -197,7 +198,8 @@ class FakeKernel:
             else:
                 del self.learned[(table, dst)]
                 out.append(0)
-        for key, hops in adds:
+        for key, nh_set in adds:
+            hops = next_hops(nh_set)
             dst = key_prefix(key)
             self.writes.append(Write("learned-add", (dst, hops)))
             err = self._fail("learned-add")

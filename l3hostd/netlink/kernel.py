@@ -65,12 +65,14 @@ class Kernel(Protocol):
     async def write_learned(
         self,
         deletes: Sequence[int],
-        adds: Sequence[tuple[int, tuple[IPAddress, ...]]],
+        adds: Sequence[tuple[int, int]],
+        next_hops: Callable[[int], tuple[IPAddress, ...]],
         table: int,
         metric: int,
         protocol: int,
     ) -> list[int]:
         """Prefixes are RIB keys (:func:`l3hostd.bgp.rib.prefix_key`): no network objects
-        for 100k routes. Deletes match protocol, table and metric; adds create or replace
-        our route (one multipath route when there are several next hops)."""
+        for 100k routes. Deletes match protocol, table and metric; adds ``(key, next-hop
+        set)`` create or replace our route (one multipath route when there are several
+        next hops); ``next_hops(set)`` gives a set's gateways (asked once per set)."""
         ...

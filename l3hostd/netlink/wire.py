@@ -37,7 +37,7 @@ kernel rejects the request with EINVAL).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple, TypeAlias
 
@@ -385,6 +385,9 @@ class KeyedRoutePacker:
     against ~5 us through :func:`route_message` plus the network object itself). Fixed
     table, protocol and metric: those of the learned routes."""
 
+    #: templates kept (per prefix length, family and next-hop set); then they start over
+    MAX_TEMPLATES = 4096
+
     def __init__(self, table: int, protocol: int, priority: int) -> None:
         self.protocol = protocol
         self._rtm_table = table if table < 256 else RT_TABLE_UNSPEC
@@ -392,6 +395,48 @@ class KeyedRoutePacker:
         if table >= 256:
             common += _RTA_U32.pack(8, RTA_TABLE, table)
         self._common = common
+        # next-hop set << 9 | prefix length << 1 | is_v6 -> (head, address bytes, tail)
+        self._templates: dict[int, tuple[bytes, int, bytes]] = {}
+
+    def adds(
+        self,
+        items: Iterable[tuple[int, int]],
+        next_hop_attrs: Callable[[int, int], bytes],
+    ) -> list[bytes]:
+        """:meth:`add` for many ``(key, next-hop set)``: ``next_hop_attrs(set, family)``
+        gives a set's attributes, and the set must always mean the same next hops (the
+        RIB's interned sets do). Every message is a template -- header, rtmsg and
+        attributes, one per prefix length, family and set -- with only the destination
+        address put in: ~0.3 us a route instead of ~1.3 (a 100k-route load)."""
+        out: list[bytes] = []
+        append = out.append
+        templates = self._templates
+        for key, nh_set in items:
+            t = templates.get(nh_set << 9 | key & 0x1FF)
+            if t is None:
+                t = self._add_template(key, nh_set, next_hop_attrs)
+            head, size, tail = t
+            append(head + (key >> 9).to_bytes(size, "big") + tail if size else head + tail)
+        return out
+
+    def _add_template(
+        self, key: int, nh_set: int, next_hop_attrs: Callable[[int, int], bytes]
+    ) -> tuple[bytes, int, bytes]:
+        if len(self._templates) >= self.MAX_TEMPLATES:
+            self._templates.clear()
+        v6 = key & 1
+        plen = (key >> 1) & 0xFF
+        family = AF_INET6 if v6 else AF_INET
+        size = (16 if v6 else 4) if plen else 0
+        dst_head = _RTA.pack(4 + size, RTA_DST) if plen else b""
+        tail = self._common + next_hop_attrs(nh_set, family)
+        head = _HDR_RTMSG.pack(
+            28 + len(dst_head) + size + len(tail), RTM_NEWROUTE,
+            NLM_F_CREATE | NLM_F_REPLACE | NLM_F_REQUEST | NLM_F_ACK, 0, 0, family, plen,
+            0, 0, self._rtm_table, self.protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0,
+        ) + dst_head
+        t = self._templates[nh_set << 9 | key & 0x1FF] = (head, size, tail)
+        return t
 
     def _message(self, msg_type: int, flags: int, key: int, tail: bytes) -> bytes:
         plen = (key >> 1) & 0xFF
