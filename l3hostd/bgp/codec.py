@@ -181,6 +181,9 @@ _U32 = struct.Struct("!L")
 _LARGE = struct.Struct("!LLL")
 _ADD_PATH_ID: Final = b"\x00\x00\x00\x01"  # we only ever send one path per prefix
 _LEN_BYTE: Final = [bytes((n,)) for n in range(129)]
+_LEN32: Final = b"\x20"
+_HOST32 = struct.Struct("!xI")  # a /32 in an NLRI field: length (32), address
+_HOST32_ADD_PATH = struct.Struct("!IxI")  # path id, length (32), address
 _MAX_NLRI_LEN: Final = 4 + 1 + 16  # path id, length, IPv6 address
 _MP_IPV6_FAMILY: Final = struct.pack("!HB", AFI_IPV6, SAFI_UNICAST)
 _UPDATE: Final = int(MessageType.UPDATE)
@@ -500,8 +503,23 @@ def _parse_ipv4_keys(
     as its key (:func:`~l3hostd.bgp.messages.prefix_key`) beside its path id: no object
     per prefix but the key the RIB keeps. None at the first thing that is not well-formed
     (the caller falls back to ExaBGP)."""
-    keys: list[int] = []
-    pids: list[int] = []
+    if not add_path:
+        # a run of /32s only -- a full table of host routes -- is read in C: ~5x faster
+        n, rest = divmod(end - start, 5)
+        if n and not rest and body[start:end:5] == _LEN32 * n:
+            return [a << 9 | 64 for (a,) in _HOST32.iter_unpack(body[start:end])], [0] * n
+    else:
+        n, rest = divmod(end - start, 9)
+        if n and not rest and body[start + 4 : end : 9] == _LEN32 * n:
+            pairs = _HOST32_ADD_PATH.iter_unpack(body[start:end])
+            keys = []
+            pids = []
+            for pid, a in pairs:
+                keys.append(a << 9 | 64)
+                pids.append(pid)
+            return keys, pids
+    keys = []
+    pids = []
     off = start
     from_bytes = int.from_bytes
     while off < end:

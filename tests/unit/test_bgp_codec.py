@@ -979,3 +979,32 @@ def test_exabgp_version_is_the_one_the_workarounds_were_measured_with() -> None:
     from importlib.metadata import version
 
     assert version("exabgp").split(".")[:2] == ["5", "0"]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.sampled_from([32, 32, 32, 24, 31, 0, 8]),
+                       st.integers(0, 2**32 - 1)), max_size=30),
+    st.booleans(),
+)
+def test_nlri_keys_fast_path_equals_the_field_read_prefix_by_prefix(
+    items: list[tuple[int, int, int]], add_path: bool
+) -> None:
+    """A field of /32s only is read in C (codec._parse_ipv4_keys); whatever the field, the
+    keys and path ids are those of RFC 4271 §4.3 / RFC 7911 §3 read one prefix at a time."""
+    from l3hostd.bgp import codec as codec_mod
+
+    field = b""
+    want_keys, want_pids = [], []
+    for addr, plen, pid in items:
+        nbytes = (plen + 7) // 8
+        head = pid.to_bytes(4, "big") if add_path else b""
+        field += head + bytes([plen]) + addr.to_bytes(4, "big")[:nbytes]
+        masked = addr & (0xFFFFFFFF ^ (0xFFFFFFFF >> plen)) if plen else 0
+        if nbytes < 4:
+            masked = (addr >> (32 - 8 * nbytes) << (32 - 8 * nbytes)) & masked if nbytes else 0
+        want_keys.append(masked << 9 | plen << 1)
+        want_pids.append(pid if add_path else 0)
+    body = b"\x99" + field + b"\x99"
+    got = codec_mod._parse_ipv4_keys(body, 1, 1 + len(field), add_path)
+    assert got == (want_keys, want_pids)
