@@ -525,9 +525,7 @@ class BgpManager:
     def _apply(self, delta: SelectionDelta) -> None:
         if not delta:
             return
-        select = self.learned.select
-        for key, (old, new) in delta.items():
-            select(key, old, new)
+        self.learned.select_many(delta)
         self.dataplane.wake()
 
     def _after_pass(self) -> None:

@@ -27,7 +27,7 @@ so the kernel route do not change); End-of-RIB or the restart timer drops the al
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar
@@ -270,20 +270,52 @@ class AdjRibIn:
             store(peer, prefix_key(route.prefix), peer_bits | route.path_id, via_bits, verdict,
                   touched, shared, prefix_checks)
         packed = update.packed
+        fresh: Sequence[int] = ()  # prefixes new to the RIB, all with the same one path
+        fresh_selection = 0
         if packed is not None:
             announced += len(packed.keys)
             verdict, via_bits = self._via(packed.next_hop, packed.attributes)
             pids = packed.path_ids
+            keys: Sequence[int] = packed.keys
+            # one path id for all (none, or ADD-PATH from a reflector that numbers the only
+            # path of each prefix alike)
+            pid0 = 0 if not pids else pids[0]
+            uniform = pids is None or pids.count(pid0) == len(pids)
+            if uniform and not verdict and not prefix_checks and not touched:
+                # A bulk load: prefixes nobody announced yet, one accepted path for all,
+                # nothing the policy looks at per prefix -- stored in C, and each one's
+                # selection is that path's. The others (known prefixes, default routes)
+                # go the way of every path.
+                others = [k for k in keys if k in paths or not k & 0x1FE]
+                if others:
+                    known = set(others)
+                    fresh = [k for k in keys if k not in known]
+                else:
+                    fresh = keys
+                if fresh:
+                    path = ((peer_bits | pid0) << _PID_SHIFT) | via_bits
+                    path = shared.setdefault(path, path)
+                    n = len(paths)
+                    paths.update(dict.fromkeys(fresh, path))
+                    if len(paths) - n != len(fresh):  # a prefix twice in the UPDATE
+                        fresh = list(dict.fromkeys(fresh))
+                    peer.count += len(fresh)
+                    fresh_selection = select(path)
+                keys = others
+                if pids is not None:
+                    pids = (pid0,) * len(keys)
             if pids is None:
-                for key in packed.keys:
+                for key in keys:
                     store(peer, key, peer_bits, via_bits, verdict, touched, shared,
                           prefix_checks)
             else:
-                for key, pid in zip(packed.keys, pids, strict=True):
+                for key, pid in zip(keys, pids, strict=True):
                     store(peer, key, peer_bits | pid, via_bits, verdict, touched, shared,
                           prefix_checks)
         self.stats.announced += announced
         delta = self._reselect(touched)
+        if fresh:
+            delta.update(dict.fromkeys(fresh, (None, fresh_selection)))
         if peer.count > peer.max_prefixes:
             raise MaxPrefixExceeded(peer.name, peer.max_prefixes)
         return delta

@@ -46,7 +46,7 @@ import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from ipaddress import ip_address
 
-from l3hostd.bgp.rib import AdjRibIn
+from l3hostd.bgp.rib import AdjRibIn, SelectionDelta
 from l3hostd.model import RT_TABLE_MAIN, RTPROT_L3HOSTD_BGP
 from l3hostd.netlink.kernel import Kernel
 from l3hostd.reconcile import Phase, Reconciler
@@ -244,6 +244,41 @@ class LearnedRouteReconciler(Reconciler[int, int]):
                 return
             drift[key] = ABSENT if was is None else was
         self._settle(key, want)
+
+    def select_many(self, delta: SelectionDelta) -> None:
+        """:meth:`select` for every key of a RIB delta (one UPDATE's): the same steps,
+        inlined -- a full table is 100k of them."""
+        if self._touched is not None:
+            self._touched.update(delta)
+        retry = self._retry
+        drift = self.installed.drift
+        cache = self._set_cache
+        resolve = self._resolved_set
+        dirty_add = self._dirty_add
+        dirty_rm = self._dirty_rm
+        for key, (old, new) in delta.items():
+            if retry:
+                retry.pop(key, None)
+            want = None if new is None else cache[new] if new in cache else resolve(new)
+            have = drift.get(key)
+            if have is None:  # installed as desired until now, i.e. as ``old``
+                was = None if old is None else cache[old] if old in cache else resolve(old)
+                if was == want:
+                    continue
+                drift[key] = ABSENT if was is None else was
+                have = was
+            elif have == ABSENT:
+                have = None
+            if have == want:
+                del drift[key]
+                dirty_add.discard(key)
+                dirty_rm.discard(key)
+            elif want is None:
+                dirty_add.discard(key)
+                dirty_rm.add(key)
+            else:
+                dirty_rm.discard(key)
+                dirty_add.add(key)
 
     def _settle(self, key: int, want: int | None) -> None:
         """``key`` is in drift, ``want`` its desired value: forget the difference if there

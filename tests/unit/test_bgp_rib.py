@@ -191,3 +191,51 @@ def test_packed_routes_are_stored_exactly_like_route_objects(
     assert one.peers["rr1"].count == two.peers["rr1"].count
     assert one.peers["rr1"].filtered == two.peers["rr1"].filtered
     assert Update(packed=packed).announced_count == len(routes)
+
+
+def named(rib: AdjRibIn, delta: dict[int, tuple[int | None, int | None]]) -> dict[
+        int, tuple[frozenset[str] | None, frozenset[str] | None]]:
+    def hops_of(idx: int | None) -> frozenset[str] | None:
+        return None if idx is None else frozenset(str(h) for h in rib.ecmp_next_hops(idx))
+    return {key: (hops_of(old), hops_of(new)) for key, (old, new) in delta.items()}
+
+
+@settings(max_examples=200)
+@given(st.lists(
+    st.tuples(
+        st.sampled_from(["rr1", "rr2"]),
+        st.lists(st.sampled_from(["10.9.0.1/32", "10.9.0.2/32", "10.9.0.3/32", "0.0.0.0/0",
+                                  "10.8.0.0/16", "2001:db8::1/128"]), max_size=6),
+        st.lists(st.sampled_from(["10.9.0.1/32", "10.9.0.3/32", "10.8.0.0/16"]), max_size=2),
+        st.sampled_from(["100.64.2.1", "100.64.2.2", "100.64.1.1"]),
+        st.sampled_from([None, 100, 200]),
+        st.sampled_from([None, (1,), (1, 2)]),  # path ids (ADD-PATH): none, alike, mixed
+    ),
+    max_size=6,
+))
+def test_packed_sequences_give_the_rib_of_route_objects(
+        updates: list[tuple[str, list[str], list[str], str, int | None,
+                            tuple[int, ...] | None]]) -> None:
+    """Sequences of UPDATEs (two peers, withdrawals, a prefix twice in one UPDATE, known
+    and new prefixes, filtered next hop and default route): the compact form -- whose
+    bulk of new prefixes is stored in one go -- leaves the RIB, every delta and every
+    counter as the route form does, prefix by prefix."""
+    from l3hostd.bgp.messages import PackedRoutes
+
+    one, two = make(), make()
+    for peer, announce, withdraw, nh, lp, ids in updates:
+        attrs = PathAttributes(local_pref=lp)
+        pids = None if ids is None else tuple(ids[i % len(ids)] for i in range(len(announce)))
+        wd = tuple((ip_network(p), 0 if ids is None else ids[0]) for p in withdraw)
+        routes = tuple(Route(ip_network(p), 0 if pids is None else pids[i], ip_address(nh),
+                             attrs) for i, p in enumerate(announce))
+        packed = PackedRoutes(tuple(prefix_key(ip_network(p)) for p in announce), pids,
+                              ip_address(nh), attrs) if announce else None
+        d1 = one.apply_update(peer, Update(withdrawn=wd, announced=routes))
+        d2 = two.apply_update(peer, Update(withdrawn=wd, packed=packed))
+        # the same selections (ECMP sets are interned in the order met: compare contents)
+        assert named(one, d1) == named(two, d2)
+        assert one.paths == two.paths
+        for name in ("rr1", "rr2"):
+            assert one.peers[name].count == two.peers[name].count
+            assert one.peers[name].filtered == two.peers[name].filtered

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from ipaddress import ip_address, ip_network
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from l3hostd.bgp.messages import PathAttributes, Route, Update
 from l3hostd.bgp.rib import AdjRibIn
 from l3hostd.netlink.fake import FakeKernel
@@ -241,5 +244,49 @@ def test_changes_during_a_write_are_not_lost() -> None:
         await apply(r)
         assert kernel_view()["10.9.0.3/32"] == ["100.64.0.12"]
         assert r.installed.drift == {} and r.dirty_count == 0
+
+    asyncio.run(go())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(
+    st.tuples(
+        st.lists(st.tuples(st.sampled_from(["10.9.0.1/32", "10.9.0.2/32", "10.9.0.3/32"]),
+                           st.sampled_from(["100.64.0.12", "100.64.0.13", "100.64.9.9"]),
+                           st.integers(1, 2)), max_size=4),
+        st.lists(st.tuples(st.sampled_from(["10.9.0.1/32", "10.9.0.2/32"]),
+                           st.integers(1, 2)), max_size=2),
+        st.booleans(),  # a pass after this UPDATE
+    ),
+    max_size=8,
+))
+def test_select_many_is_select_key_by_key(
+        steps: list[tuple[list[tuple[str, str, int]], list[tuple[str, int]], bool]]) -> None:
+    """The inlined select_many leaves drift, dirty keys and the kernel exactly as select()
+    called for each key of the delta (unreachable next hops and passes in between)."""
+    rib = AdjRibIn()
+    rib.add_peer("rr1")
+    kernels = (FakeKernel(), FakeKernel())
+    for k in kernels:
+        k.gateways[ip_address("100.64.9.9")] = None  # unreachable
+    one, two = (LearnedRouteReconciler(k, rib) for k in kernels)
+
+    async def go() -> None:
+        for r in (one, two):
+            await r.resync()
+        for announce, withdraw, apply_now in steps:
+            delta = rib.apply_update("rr1", Update(
+                withdrawn=tuple((ip_network(p), pid) for p, pid in withdraw),
+                announced=tuple(Route(ip_network(p), pid, ip_address(nh), A)
+                                for p, nh, pid in announce)))
+            for key, (old, new) in delta.items():
+                one.select(key, old, new)
+            two.select_many(delta)
+            assert one.installed.drift == two.installed.drift
+            assert (one._dirty_add, one._dirty_rm) == (two._dirty_add, two._dirty_rm)
+            if apply_now:
+                for r in (one, two):
+                    await apply(r)
+                assert kernels[0].learned == kernels[1].learned
 
     asyncio.run(go())
