@@ -191,9 +191,23 @@ class FirewallInputs:
     def set_endpoint(self, ep: Endpoint | None, endpoint_id: str, active: bool) -> set[str]:
         """Returns the keys whose desired value may have changed."""
         old = self.endpoints.get(endpoint_id)
-        if old is not None and old == ep and (endpoint_id in self._active) == active:
-            return {"if:" + old.interface}
-        keys: set[str] = set()
+        if old is not None and old == ep:
+            keys = {"if:" + old.interface}
+            if (endpoint_id in self._active) == active:
+                return keys
+            # Only its TAP went up or down: its elements and profile stay as they are
+            # (computed whatever the link state); what changes is its membership of its
+            # groups' remote-group sets. Not recomputed from scratch: this is the path
+            # from TAP up to the route being announced.
+            if active:
+                self._active.add(endpoint_id)
+            else:
+                self._active.discard(endpoint_id)
+            for g in set(old.security_groups):
+                self._member_set(g, old.ips, add=active)
+                keys.add("set:" + self._name(g))
+            return keys
+        keys = set()
         if old is not None:
             keys |= self._forget(endpoint_id, old)
         if ep is not None:

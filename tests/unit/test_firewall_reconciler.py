@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, ip_address, ip_network
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from l3hostd.firewall import elements as fwe
@@ -319,3 +319,39 @@ def test_members_change_as_element_deltas(fake: Fake) -> None:
     asyncio.run(run(fw))
     assert [(op.op, op.set) for op in fake.batches[-1]] == [("delete", "g4-app")]
     assert len(fake.scripts) == n, "a membership change needs no nft transaction"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from([(), ("web",), ("app",),
+                                                             ("web", "app")]),
+                          st.booleans(), st.booleans()), max_size=12))
+@example([(1, ("web",), True, False), (2, ("app",), False, False), (2, ("app",), True, False),
+          (2, ("app",), False, False)])
+def test_a_tap_going_up_or_down_alone_gives_what_a_fresh_start_gives(
+        steps: list[tuple[int, tuple[str, ...], bool, bool]]) -> None:
+    """Only the link state of an endpoint changing takes a short path (its elements and
+    profile kept, its group memberships moved): whatever the sequence, every key's desired
+    value and the keys reported are those of inputs built from scratch."""
+    i = inputs()
+    last: dict[str, tuple[Endpoint | None, bool]] = {}
+    for n, groups, active, gone in steps:
+        e = None if gone else ep(n, groups)
+        before = {k: i.desired(k) for k in all_keys(i)}
+        keys = i.set_endpoint(e, f"e{n}", active and e is not None)
+        last[f"e{n}"] = (e, active and e is not None)
+        after = {k: i.desired(k) for k in all_keys(i)}
+        changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+        assert changed <= keys, "a key whose desired value changed was not reported"
+        fresh = inputs()
+        for eid, (fe, fa) in last.items():
+            fresh.set_endpoint(fe, eid, fa)
+        assert {k: fresh.desired(k) for k in all_keys(fresh) | all_keys(i)} == {
+            k: i.desired(k) for k in all_keys(fresh) | all_keys(i)}
+
+
+def all_keys(i: FirewallInputs) -> set[str]:
+    keys = {f"if:tap{n}" for n in range(1, 4)} | {"base"}
+    keys |= {f"prof:{compile_profile(list(g)).pid}" for g in ((), ("web",), ("app",),
+                                                               ("web", "app"))}
+    keys |= {f"{kind}:{g}" for kind in ("sg", "set") for g in ("web", "app")}
+    return keys
