@@ -297,10 +297,14 @@ class Dataplane:
                     r.resync_failed(started, exc)
         now = self._clock()
         written = 0
+        # (a reconciler with nothing to look at in a phase is not called: for one event
+        # that is most of them, and each call is a coroutine to create and run)
         for r in reversed(self.reconcilers):
-            written += await self._apply(r, Phase.REMOVE, now)
+            if r.has_dirty(Phase.REMOVE):
+                written += await self._apply(r, Phase.REMOVE, now)
         for r in self.reconcilers:
-            written += await self._apply(r, Phase.ADD, now)
+            if r.has_dirty(Phase.ADD):
+                written += await self._apply(r, Phase.ADD, now)
             if r is self.firewall:
                 self._release()
         elapsed = self._clock() - started

@@ -192,6 +192,10 @@ class Reconciler(abc.ABC, Generic[K, V]):
         if self.track_changes:
             self._observed_changed.add(key)
 
+    def has_dirty(self, phase: Phase) -> bool:
+        """Are there keys an :meth:`apply` of ``phase`` would look at?"""
+        return bool(self._dirty_rm if phase is Phase.REMOVE else self._dirty_add)
+
     @property
     def dirty_count(self) -> int:
         return len(self._dirty_add) + len(self._dirty_rm)
