@@ -106,7 +106,8 @@ class Daemon:
         self.bgp: BgpManager | None = (
             BgpManager(config, self.dataplane, self.driver) if config.bgp.peers else None
         )
-        self.monitor = LinkMonitor(self._on_link, self._on_link_removed, self._on_overflow)
+        self.monitor = LinkMonitor(self._on_link, self._on_link_removed, self._on_overflow,
+                                   on_drained=self._after_link_events)
         self.source = DirectorySource(
             config.endpoints.directory,
             self._on_endpoints,
@@ -128,6 +129,9 @@ class Daemon:
         if self.bgp is not None:
             self.bgp.watch.on_link(link)
 
+    def _after_link_events(self) -> None:
+        self.dataplane.kick()  # a TAP came up: its routes are written from here
+
     def _on_link_removed(self, ifindex: int) -> None:
         self.dataplane.on_link_removed(ifindex)
         if self.bgp is not None:
@@ -148,6 +152,7 @@ class Daemon:
         if change.groups_changed or change.members_changed:
             self.dataplane.on_groups(self.source.security_groups(), self.source.group_members())
         self.dataplane.on_endpoints(change.endpoints_upserted, change.endpoints_removed)
+        self.dataplane.kick()
 
     def _on_overflow(self) -> None:
         self._link_resync.set()

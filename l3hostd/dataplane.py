@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from l3hostd import memory
+from l3hostd import eager, memory
 from l3hostd.calc import DataplaneSettings, DesiredState, PlanDelta
 from l3hostd.model import (
     Endpoint,
@@ -100,6 +100,8 @@ class Dataplane:
         self.link_down_listeners: list[Callable[[int], None]] = []
         self._other_up: dict[int, bool] = {}  # admin state of every link, by ifindex
         self._wake = asyncio.Event()
+        self._idle = False  # run() waits for work (a kick may start a pass itself)
+        self._kicked: asyncio.Future[None] | None = None  # a pass kick() started
         self._ready = False
         self.synced = asyncio.Event()  # set after the first complete pass
         self.stats = PassStats()
@@ -148,6 +150,25 @@ class Dataplane:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def kick(self) -> None:
+        """After a callback's input (an UPDATE, a batch of link events): :meth:`wake`, and
+        if the dataplane is idle, start the pass right here, up to its first kernel write
+        (:mod:`l3hostd.eager`), instead of at the dataplane task's next turn. The inputs
+        of the whole callback are in by then, so what one read brings is still one pass.
+        The pass goes on as a task; :meth:`run` waits for it before anything else."""
+        self._wake.set()
+        if not self._idle or not self._ready or self._kicked is not None:
+            return
+        self._idle = False
+        self._kicked = eager.start(self._kicked_pass(), name="dataplane-pass")
+
+    async def _kicked_pass(self) -> None:
+        now = self._clock()
+        if self.firewall is not None and self._waiting:
+            self._release()
+        if any(r.pending(now) for r in self.reconcilers):
+            await self.apply_once()
 
     def _link_down(self, ifindex: int) -> None:
         for listener in self.link_down_listeners:
@@ -251,6 +272,11 @@ class Dataplane:
 
     async def run(self) -> None:
         while True:
+            if self._kicked is not None:
+                try:
+                    await self._kicked
+                finally:
+                    self._kicked = None
             self._wake.clear()
             now = self._clock()
             if self.firewall is not None and self._waiting:
@@ -265,7 +291,11 @@ class Dataplane:
                 # idle after a bulk load or a big resync: return the transients' memory
                 self._work_since_trim = 0
                 memory.trim()
-            await self._sleep(self._next_retry(now))
+            self._idle = True
+            try:
+                await self._sleep(self._next_retry(now))
+            finally:
+                self._idle = False
 
     def _next_retry(self, now: float) -> float | None:
         deadlines = [d for r in self.reconcilers if (d := r.next_retry()) is not None]

@@ -471,6 +471,7 @@ class BgpManager:
         self.backpressure.after_input()
         if self._received_at is None and self.learned.dirty_count:
             self._received_at = received_at  # kernel work to do: time it (_after_pass)
+        self.dataplane.kick()  # the pass starts here, if the dataplane is idle
 
     def _max_prefixes_exceeded(self, peer: PeerRuntime, why: str) -> None:
         self.max_prefix_events += 1

@@ -46,10 +46,13 @@ class LinkMonitor:
         on_link: Callable[[Link], None],
         on_link_removed: Callable[[int], None],
         on_overflow: Callable[[], None],
+        on_drained: Callable[[], None] | None = None,
     ) -> None:
         self._on_link = on_link
         self._on_removed = on_link_removed
         self._on_overflow = on_overflow
+        #: called once what one wake-up read has been handed over (all its events)
+        self._on_drained = on_drained
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.events = 0
@@ -102,3 +105,5 @@ class LinkMonitor:
             self.overflows += 1
             log.warning("netlink link events overflowed (ENOBUFS): full resync")
             self._on_overflow()
+        if self._on_drained is not None:
+            self._on_drained()

@@ -263,3 +263,56 @@ def test_a_wish_changed_while_its_write_was_in_flight_is_written_next() -> None:
         assert k.routes[route_b.key].ifindex == b.ifindex
 
     run(go())
+
+
+def test_kick_starts_the_pass_in_the_caller_and_run_waits_for_it() -> None:
+    """kick() after an input: when the dataplane is idle its pass starts in the caller --
+    the route is written before kick() returns -- and goes on as a task; inputs that come
+    while it runs are not lost (the run loop waits for it, then passes again); when the
+    dataplane is busy a kick is a plain wake."""
+    k = FakeKernel()
+    k.add_link("tapa")
+    k.add_link("tapb")
+    k.add_link("tapc")
+    dp = make(k)
+
+    class Gate:
+        def __init__(self) -> None:
+            self.event: asyncio.Event | None = None
+
+    gate = Gate()
+    real_write = k.write_routes
+
+    async def gated_write(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if gate.event is not None:
+            await gate.event.wait()
+        return await real_write(*args, **kwargs)
+
+    k.write_routes = gated_write  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await start(dp, k)
+        runner = asyncio.create_task(dp.run())
+        await asyncio.sleep(0.01)  # idle
+        dp.on_endpoints({"a": ep("a", "tapa", "10.0.0.1")}, ())
+        dp.kick()
+        assert {str(r.dst) for r in k.routes.values()} == {"10.0.0.1/32"}  # already
+        await asyncio.sleep(0.01)
+        # a write that waits: the kicked pass is in flight when more input comes
+        gate.event = asyncio.Event()
+        dp.on_endpoints({"b": ep("b", "tapb", "10.0.0.2")}, ())
+        dp.kick()
+        assert len(k.routes) == 1
+        dp.on_endpoints({"c": ep("c", "tapc", "10.0.0.3")}, ())
+        dp.kick()  # busy: only a wake
+        gate.event.set()
+        gate.event = None
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+            if len(k.routes) == 3:
+                break
+        assert {str(r.dst) for r in k.routes.values()} == {
+            "10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"}
+        runner.cancel()
+
+    run(go())
