@@ -201,6 +201,7 @@ class AdjRibIn:
     _by_index: dict[int, PeerState] = field(default_factory=dict)
     _next_index: int = 0
     stats: RibStats = field(default_factory=RibStats)
+    _last_via: tuple[IPAddress, PathAttributes, ImportPolicy, str, int] | None = None
 
     # ---- peers -------------------------------------------------------------------------
 
@@ -321,10 +322,17 @@ class AdjRibIn:
         return delta
 
     def _via(self, next_hop: IPAddress, attributes: PathAttributes) -> tuple[str, int]:
-        """The policy verdict on a next hop + attribute set, and their packed indexes."""
+        """The policy verdict on a next hop + attribute set, and their packed indexes.
+        The codec hands out the very same objects for UPDATEs that repeat an attribute
+        block: the last answer is kept for them (no hashing of the attribute set)."""
+        last = self._last_via
+        if (last is not None and last[0] is next_hop and last[1] is attributes
+                and last[2] is self.policy):
+            return last[3], last[4]
         verdict = self.policy.admits_path(next_hop, attributes)
-        return verdict, (self.next_hops.add(next_hop) << _NH_SHIFT) | self.attributes.add(
-            attributes)
+        bits = (self.next_hops.add(next_hop) << _NH_SHIFT) | self.attributes.add(attributes)
+        self._last_via = (next_hop, attributes, self.policy, verdict, bits)
+        return verdict, bits
 
     def _store(
         self,
