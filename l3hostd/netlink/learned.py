@@ -211,10 +211,6 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         self.desired = SelectionView(self)
         self.installed = InstalledView(self)
         self.observed = self.installed
-        # While an add batch is being written: the keys whose selection changed meanwhile
-        # (None: no batch in flight), and whether every key may have (re_resolve).
-        self._touched: set[int] | None = None
-        self._touched_all = False
 
     # ---- input from the RIB ----------------------------------------------------------------
 
@@ -234,8 +230,6 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         set indexes, None: nothing). What was installed is pinned (it was ``old``, unless
         the kernel already differed), and the key is dirty until the kernel matches."""
         self._retry.pop(key, None)
-        if self._touched is not None:
-            self._touched.add(key)
         drift = self.installed.drift
         want = None if new is None else self._resolved_set(new)
         if key not in drift:
@@ -248,8 +242,6 @@ class LearnedRouteReconciler(Reconciler[int, int]):
     def select_many(self, delta: SelectionDelta) -> None:
         """:meth:`select` for every key of a RIB delta (one UPDATE's): the same steps,
         inlined -- a full table is 100k of them."""
-        if self._touched is not None:
-            self._touched.update(delta)
         retry = self._retry
         drift = self.installed.drift
         cache = self._set_cache
@@ -342,7 +334,6 @@ class LearnedRouteReconciler(Reconciler[int, int]):
                 changed[nh] = new
         if not changed:
             return 0
-        self._touched_all = True
         sets = self._rib.ecmp_sets
         stale = {s for s in self._set_cache if not changed.keys().isdisjoint(sets[s])}
         keys = [key for key, bgp_set in self._rib.iter_selected() if bgp_set in stale]
@@ -370,9 +361,9 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         """The ADD phase, specialised: the generic one costs ~3 us per route in views and
         double lookups, the most of a 100k-route load's Python time. Same decisions: a
         dirty key is written when it is desired and not installed as desired; after the
-        write, a key whose selection did not change meanwhile (none did, unless
-        :meth:`select` or :meth:`re_resolve` ran during the await) is installed as desired
-        -- its drift entry goes -- without computing its selection again."""
+        write, a key whose wish is still what was written is installed as desired -- its
+        drift entry goes; one whose wish moved during the write (the RIB changed, next
+        hops were resolved again) takes the generic way."""
         if phase is Phase.REMOVE:
             return await super().apply(phase, now)
         dirty = self._dirty_add
@@ -404,16 +395,13 @@ class LearnedRouteReconciler(Reconciler[int, int]):
             return 0
         self.stats.applies += 1
         t0 = time.monotonic()
-        self._touched, self._touched_all = set(), False
-        try:
-            errnos = await self._write((), adds)
-        finally:
-            touched, self._touched = self._touched, None
+        errnos = await self._write((), adds)
         self.stats.observe_apply(time.monotonic() - t0)
         self.stats.writes += len(errnos)
         failed: dict[int, int] = {}
-        if self._touched_all:
-            touched = {key for key, _ in adds}
+        paths_get = self._paths.get
+        select = self._select
+        cache = self._set_cache
         track = self.track_changes
         for (key, value), err in zip(adds, errnos, strict=True):
             if err:
@@ -422,7 +410,11 @@ class LearnedRouteReconciler(Reconciler[int, int]):
                 continue
             if track:
                 self._changed(key)
-            if key in touched:  # the wish moved during the write: the generic way
+            stored = paths_get(key)  # desired_value(key), inlined
+            now_want = None if stored is None else cache.get(select(stored), _UNCACHED)
+            if now_want == _UNCACHED:
+                now_want = desired_value(key)
+            if now_want != value:  # the wish moved during the write: the generic way
                 self.installed[key] = value
                 if self._converged(key):
                     dirty.discard(key)
