@@ -44,7 +44,8 @@ def attr(flags, code, value):
     return struct.pack("!BBB", flags, code, len(value)) + value
 
 def update(attrs, nlri=b"", withdrawn=b""):
-    return struct.pack("!H", len(withdrawn)) + withdrawn + struct.pack("!H", len(attrs)) + attrs + nlri
+    head = struct.pack("!H", len(withdrawn)) + withdrawn
+    return head + struct.pack("!H", len(attrs)) + attrs + nlri
 
 good = (attr(0x40, 1, b"\x00") + attr(0x40, 2, b"") + attr(0x40, 3, bytes([192, 0, 2, 1]))
         + attr(0x40, 5, struct.pack("!L", 100)))
@@ -56,9 +57,11 @@ corpus.append(update(good + attr(0x80, 29, bytes.fromhex("0403000400000001")), n
 corpus.append(update(good + attr(0xC0, 29, b"\x00\x01\x00"), nlri))
 corpus.append(update(good + attr(0xC0, 40, bytes.fromhex("010007000000000064")), nlri))
 corpus.append(update(good + attr(0xC0, 40, b"\x05\x00"), nlri))
-corpus.append(update(good + attr(0xC0, 16, bytes.fromhex("0002fde800000064800600004e6e6b28")), nlri))
+ext = bytes.fromhex("0002fde800000064800600004e6e6b28")  # route target, traffic-rate
+corpus.append(update(good + attr(0xC0, 16, ext), nlri))
 for afi, safi in families:
-    mp = struct.pack("!HBB", afi, safi, 4) + bytes([192, 0, 2, 1]) + b"\x00" + b"\x05\x01\x02\x03\x04\x05"
+    mp = struct.pack("!HBB", afi, safi, 4) + bytes([192, 0, 2, 1])
+    mp += b"\x00" + b"\x05\x01\x02\x03\x04\x05"
     corpus.append(update(good + attr(0x90, 14, mp)))
     corpus.append(update(attr(0x90, 15, struct.pack("!HB", afi, safi) + b"\x03\x01\x02\x03")))
 rnd = random.Random(7)
