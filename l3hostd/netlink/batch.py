@@ -17,12 +17,15 @@ How:
 * Driven by ``loop.add_reader()``: ``loop.create_datagram_endpoint()`` fails for
   ``AF_NETLINK`` on uvloop. The reader is registered at the first operation and stays
   (replies that arrive with no operation in progress are discarded).
-* The kernel processes a request datagram synchronously inside ``send()`` and queues one
-  ACK per message on our receive queue. At most ``max_in_flight`` (256) requests are
-  unacknowledged at any time: with thousands in flight the ACKs overflow the receive
-  buffer, the kernel drops them (the requests were applied) and awaits would hang. Each
-  time the reader drains ACKs it refills the window from the reader callback itself, so a
-  bulk operation costs one event-loop iteration per datagram and yields between them.
+* The kernel processes a request datagram synchronously inside ``send()``. Only the last
+  request of a datagram asks for an ACK; a failing request is always answered. At most
+  ``max_in_flight`` requests (256 by default; the daemon's socket 1024, one full datagram
+  of route messages) are unacknowledged at any time, so the answers of a datagram that
+  fails entirely fit the receive buffer. Each time the reader drains answers it refills
+  the window from the reader callback itself, so a bulk operation costs one event-loop
+  iteration per datagram and yields between them. A run of requests of one length, type
+  and flags (a bulk of routes) is framed with array operations (:meth:`_BatchOp.
+  _fill_uniform`), not request by request.
 * Every operation has a progress timeout (default 5 s without any reply -> exception).
   A socket error (ENOBUFS: ACKs lost) fails the operation at once with
   :class:`NetlinkSocketError`. Replies with sequence numbers of an earlier (failed)
@@ -41,6 +44,7 @@ for tests and benchmarks.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import contextlib
@@ -83,6 +87,7 @@ _PENDING = RESULT_UNKNOWN
 _FLAGS_SEQ = struct.Struct("=HI")  # nlmsg_flags (offset 6) + nlmsg_seq (offset 8)
 _I32 = struct.Struct("=i")
 _REQ_ACK = wire.NLM_F_REQUEST | wire.NLM_F_ACK
+_WORDS_ARE_U32 = array.array("I").itemsize == 4  # (the uniform fill's netlink header words)
 
 
 class NetlinkError(OSError):
@@ -295,6 +300,8 @@ class _BatchOp(_Op):
             return
         start = self.sent
         stop = min(self.n, start + room)
+        if self._fill_uniform(start, stop):
+            return
         buf = bytearray()
         seq = self.base + start
         i = start
@@ -331,6 +338,48 @@ class _BatchOp(_Op):
         self.errors[start:i] = [_PENDING] * (i - start)
         self._chunks.append((start, i))
         self.sent = i
+
+    def _fill_uniform(self, start: int, stop: int) -> bool:
+        """:meth:`fill` for a run of requests of one length and one type and flags (a bulk
+        of routes from :class:`~l3hostd.netlink.wire.KeyedRoutePacker`'s templates): the
+        same datagram, made with array operations instead of a header read and a patch
+        per request (~0.4 us a route). False, and nothing sent, for anything else."""
+        requests = self.requests
+        size = len(requests[start])
+        if size < 16 or size & 3 or not _WORDS_ARE_U32:
+            return False
+        stop = min(stop, start + MAX_DATAGRAM // size)
+        chunk = requests[start:stop]
+        if len(set(map(len, chunk))) != 1:
+            return False
+        n = len(chunk)
+        words = array.array("I")
+        words.frombytes(b"".join(chunk))
+        step = size >> 2
+        if words[0::step] != array.array("I", [size]) * n:
+            return False  # a header that does not give its own length: the slow path says
+        kinds = words[1::step]  # nlmsg_type | nlmsg_flags << 16 (host order)
+        first = kinds[0]
+        if kinds.count(first) != n:
+            return False
+        mtype, mflags = first & 0xFFFF, first >> 16
+        if mflags & wire.NLM_F_DUMP and mtype & 3 == 2:
+            return False  # a dump request: the slow path fails the operation
+        quiet = mtype | ((mflags | wire.NLM_F_REQUEST) & ~wire.NLM_F_ACK) << 16
+        words[1::step] = array.array("I", [quiet]) * n
+        seq = self.base + start
+        words[2::step] = array.array("I", range(seq, seq + n))
+        words[1 + (n - 1) * step] = mtype | (mflags | _REQ_ACK) << 16  # the last one: ACK
+        end = start + n
+        try:
+            self.sock.send(words)
+        except OSError as exc:
+            self.fail(self._socket_error(exc.errno or errno_mod.EIO, f"send failed: {exc}"))
+            return True
+        self.errors[start:end] = [_PENDING] * n
+        self._chunks.append((start, end))
+        self.sent = end
+        return True
 
     def feed(self, buf: bytearray, n: int) -> None:
         base, sent, errors = self.base, self.sent, self.errors

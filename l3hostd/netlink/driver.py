@@ -131,7 +131,8 @@ class NetlinkDriver:
         self._packers: dict[tuple[int, int, int], wire.KeyedRoutePacker] = {}
 
     async def open(self) -> None:
-        self._batch = RtnlBatchSocket(timeout=self._timeout)
+        # 1024 unacknowledged requests: a full datagram of route messages (~64 bytes each)
+        self._batch = RtnlBatchSocket(timeout=self._timeout, max_in_flight=1024)
 
     def close(self) -> None:
         if self._batch is not None:
