@@ -88,6 +88,9 @@ _FLAGS_SEQ = struct.Struct("=HI")  # nlmsg_flags (offset 6) + nlmsg_seq (offset 
 _I32 = struct.Struct("=i")
 _REQ_ACK = wire.NLM_F_REQUEST | wire.NLM_F_ACK
 _WORDS_ARE_U32 = array.array("I").itemsize == 4  # (the uniform fill's netlink header words)
+#: Requests from which the uniform fill is worth its set-up (a single event's few go one
+#: by one: less code on the path of an event)
+UNIFORM_MIN = 16
 
 
 class NetlinkError(OSError):
@@ -300,7 +303,7 @@ class _BatchOp(_Op):
             return
         start = self.sent
         stop = min(self.n, start + room)
-        if self._fill_uniform(start, stop):
+        if stop - start >= UNIFORM_MIN and self._fill_uniform(start, stop):
             return
         buf = bytearray()
         seq = self.base + start
