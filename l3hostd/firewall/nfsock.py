@@ -29,19 +29,21 @@ import errno as errno_mod
 import os
 import select
 import socket
-import threading
 import time
 from collections.abc import Sequence
 
 from l3hostd.firewall import nfnl
-from l3hostd.netlink.batch import CLONE_NEWNET, _setns, netns_path
+from l3hostd.netlink.batch import (
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    SO_RCVBUFFORCE,
+    SO_SNDBUFFORCE,
+    SOL_NETLINK,
+    _set_bufsize,
+    in_netns,
+)
 
 NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _FAMILIES = {nfnl.NFPROTO_INET: "inet", nfnl.NFPROTO_ARP: "arp"}
 
 
@@ -57,20 +59,13 @@ class NfnlError(OSError):
         return self.text
 
 
-def _set_buf(sock: socket.socket, force: int, plain: int, size: int) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, force, size)  # needs CAP_NET_ADMIN
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
 def _open(rcvbuf: int, sndbuf: int) -> socket.socket:
     sock = socket.socket(
         socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
     )
     try:
-        _set_buf(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
-        _set_buf(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
+        _set_bufsize(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
+        _set_bufsize(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
         sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         sock.bind((0, 0))
@@ -79,28 +74,6 @@ def _open(rcvbuf: int, sndbuf: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _open_in(netns: str, rcvbuf: int, sndbuf: int) -> socket.socket:
-    box: list[socket.socket | BaseException] = []
-
-    def worker() -> None:
-        try:
-            fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(fd, CLONE_NEWNET)
-            finally:
-                os.close(fd)
-            box.append(_open(rcvbuf, sndbuf))
-        except BaseException as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=worker, name="l3hostd-nfnl-netns", daemon=True)
-    thread.start()
-    thread.join()
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
 
 
 class NfnlSocket:
@@ -118,7 +91,8 @@ class NfnlSocket:
         self.timeout = timeout
         self._sndbuf = sndbuf
         self._sock: socket.socket | None = (
-            _open(rcvbuf, sndbuf) if netns is None else _open_in(netns, rcvbuf, sndbuf)
+            _open(rcvbuf, sndbuf) if netns is None
+            else in_netns(netns, lambda: _open(rcvbuf, sndbuf))
         )
         self._seq = int(time.time()) & 0x3FFFFFFF
         self._buf = bytearray(256 * 1024)
@@ -151,7 +125,7 @@ class NfnlSocket:
         b = nfnl.batch_messages(msgs, seq)
         if len(b.data) + 1024 > self._sndbuf:
             self._sndbuf = len(b.data) + (1 << 20)
-            _set_buf(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, self._sndbuf)
+            _set_bufsize(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, self._sndbuf)
         try:
             sock.send(b.data)
         except OSError as exc:

@@ -184,8 +184,15 @@ def open_netlink_socket(
     short-lived thread that enters the namespace; the caller's thread is not affected)."""
     if netns is None:
         return _new_socket(rcvbuf, sndbuf)
+    return in_netns(netns, lambda: _new_socket(rcvbuf, sndbuf))
+
+
+def in_netns(netns: str, make: Callable[[], T]) -> T:
+    """``make()`` run in network namespace ``netns`` (a name or a path) by a short-lived
+    thread that enters it: a socket made there stays in it; the caller's thread is not
+    affected. Its exception, if any, is raised here."""
     path = netns_path(netns)
-    box: list[socket.socket | BaseException] = []
+    box: list[T | BaseException] = []
 
     def worker() -> None:
         try:
@@ -194,11 +201,11 @@ def open_netlink_socket(
                 _setns(fd, CLONE_NEWNET)
             finally:
                 os.close(fd)
-            box.append(_new_socket(rcvbuf, sndbuf))
+            box.append(make())
         except BaseException as exc:
             box.append(exc)
 
-    thread = threading.Thread(target=worker, name="l3hostd-netns-socket", daemon=True)
+    thread = threading.Thread(target=worker, name="l3hostd-netns", daemon=True)
     thread.start()
     thread.join()
     result = box[0]
