@@ -340,14 +340,18 @@ class _BatchOp(_Op):
             seq += 1
             i += 1
         patch(buf, last_off + 6, last_flags | _REQ_ACK, seq - 1)
+        self._send(buf, start, i)
+
+    def _send(self, datagram: bytearray | array.array[int], start: int, end: int) -> None:
+        """Send requests ``start:end`` (one datagram); they then wait for their answers."""
         try:
-            self.sock.send(buf)
+            self.sock.send(datagram)
         except OSError as exc:
             self.fail(self._socket_error(exc.errno or errno_mod.EIO, f"send failed: {exc}"))
             return
-        self.errors[start:i] = [_PENDING] * (i - start)
-        self._chunks.append((start, i))
-        self.sent = i
+        self.errors[start:end] = [_PENDING] * (end - start)
+        self._chunks.append((start, end))
+        self.sent = end
 
     def _fill_uniform(self, start: int, stop: int) -> bool:
         """:meth:`fill` for a run of requests of one length and one type and flags (a bulk
@@ -380,15 +384,7 @@ class _BatchOp(_Op):
         seq = self.base + start
         words[2::step] = array.array("I", range(seq, seq + n))
         words[1 + (n - 1) * step] = mtype | (mflags | _REQ_ACK) << 16  # the last one: ACK
-        end = start + n
-        try:
-            self.sock.send(words)
-        except OSError as exc:
-            self.fail(self._socket_error(exc.errno or errno_mod.EIO, f"send failed: {exc}"))
-            return True
-        self.errors[start:end] = [_PENDING] * n
-        self._chunks.append((start, end))
-        self.sent = end
+        self._send(words, start, start + n)
         return True
 
     def feed(self, buf: bytearray, n: int) -> None:
