@@ -199,14 +199,7 @@ class FirewallInputs:
             # (computed whatever the link state); what changes is its membership of its
             # groups' remote-group sets. Not recomputed from scratch: this is the path
             # from TAP up to the route being announced.
-            if active:
-                self._active.add(endpoint_id)
-            else:
-                self._active.discard(endpoint_id)
-            for g in set(old.security_groups):
-                self._member_set(g, old.ips, add=active)
-                keys.add("set:" + self._name(g))
-            return keys
+            return keys | self._membership(endpoint_id, old, active)
         keys = set()
         if old is not None:
             keys |= self._forget(endpoint_id, old)
@@ -219,10 +212,7 @@ class FirewallInputs:
         keys = {"if:" + ep.interface}
         self._owners.setdefault(ep.interface, set()).add(eid)
         if active:
-            self._active.add(eid)
-            for g in set(ep.security_groups):
-                self._member_set(g, ep.ips, add=True)
-                keys.add("set:" + self._name(g))
+            keys |= self._membership(eid, ep, True)
         try:
             profile = self._profile(ep.security_groups)
             elements = fwc.endpoint_elements(ep, profile)
@@ -242,6 +232,18 @@ class FirewallInputs:
         users.add(eid)
         return keys
 
+    def _membership(self, eid: str, ep: Endpoint, active: bool) -> set[str]:
+        """An endpoint's IPs join (active) or leave its groups' member sets."""
+        if active:
+            self._active.add(eid)
+        else:
+            self._active.discard(eid)
+        keys = set()
+        for g in set(ep.security_groups):
+            self._member_set(g, ep.ips, add=active)
+            keys.add("set:" + self._name(g))
+        return keys
+
     def _forget(self, eid: str, old: Endpoint) -> set[str]:
         del self.endpoints[eid]
         keys = {"if:" + old.interface}
@@ -251,10 +253,7 @@ class FirewallInputs:
             if not owners:
                 del self._owners[old.interface]
         if eid in self._active:
-            self._active.discard(eid)
-            for g in set(old.security_groups):
-                self._member_set(g, old.ips, add=False)
-                keys.add("set:" + self._name(g))
+            keys |= self._membership(eid, old, False)
         self.elements.pop(eid, None)
         self._el_digest.pop(eid, None)
         pid = self._profile_of.pop(eid, None)
