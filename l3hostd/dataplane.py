@@ -164,11 +164,16 @@ class Dataplane:
         self._kicked = eager.start(self._kicked_pass(), name="dataplane-pass")
 
     async def _kicked_pass(self) -> None:
-        now = self._clock()
+        if self._work_now(self._clock()):
+            await self.apply_once()
+
+    def _work_now(self, now: float) -> bool:
+        """Is there work a pass may do now? First the routes of endpoints whose chains
+        are in place go: an endpoint may have become active after its chains were
+        already there (nothing of its own left to write)."""
         if self.firewall is not None and self._waiting:
             self._release()
-        if any(r.pending(now) for r in self.reconcilers):
-            await self.apply_once()
+        return any(r.pending(now) for r in self.reconcilers)
 
     def _link_down(self, ifindex: int) -> None:
         for listener in self.link_down_listeners:
@@ -279,11 +284,7 @@ class Dataplane:
                     self._kicked = None
             self._wake.clear()
             now = self._clock()
-            if self.firewall is not None and self._waiting:
-                # an endpoint may have become active after its chains were already in
-                # place (nothing of its own left to write): let its routes go now
-                self._release()
-            if self._ready and any(r.pending(now) for r in self.reconcilers):
+            if self._work_now(now) and self._ready:
                 await self.apply_once()
                 continue
             self.input_at = None  # its change needed no write: nothing to time
