@@ -392,9 +392,6 @@ class LearnedRouteReconciler(Reconciler[int, int]):
         self.stats.observe_apply(time.monotonic() - t0)
         self.stats.writes += len(errnos)
         failed: dict[int, int] = {}
-        paths_get = self._paths.get
-        select = self._select
-        cache = self._set_cache
         track = self.track_changes
         for (key, value), err in zip(adds, errnos, strict=True):
             if err:
@@ -403,11 +400,7 @@ class LearnedRouteReconciler(Reconciler[int, int]):
                 continue
             if track:
                 self._changed(key)
-            stored = paths_get(key)  # desired_value(key), inlined
-            now_want = None if stored is None else cache.get(select(stored), _UNCACHED)
-            if now_want == _UNCACHED:
-                now_want = desired_value(key)
-            if now_want != value:  # the wish moved during the write: the generic way
+            if desired_value(key) != value:  # the wish moved during the write: the generic way
                 self.installed[key] = value
                 if self._converged(key):
                     dirty.discard(key)
