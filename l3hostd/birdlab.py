@@ -63,6 +63,16 @@ BIRD 2.0.12 pitfalls met here
       timer due, its ``poll()`` sleeps up to 3 s each time, so a restarted reflector sent
       its routes and End-of-RIB ~6 s later. A 1 s device scan on the reflector (a timer)
       brings that to <= 2 s.
+    - Missed wake-up at the end of a feed: the main loop runs the global event list, then
+      at most 10 "work" events (the table feed, 256 routes each), and sleeps in
+      ``poll()`` for 0 ms only if an event is still pending; but it checked the global
+      list *before* the work events ran (``sysdep/unix/io.c``, ``io_loop``). The last feed
+      step queues the BGP transmit event on the global list, so the last <= 256 routes of
+      a feed and its End-of-RIB wait for the next timer, socket or netlink message:
+      0-1 s (the device scan, 1 s), at random, whatever the client is (seen with BIRD and
+      l3hostd clients alike, with ``strace`` on the reflector: ``poll(..., 764)`` right
+      after the last full UPDATE). :meth:`BirdRouter.wake` ends such a sleep; the bulk
+      benchmark calls it at each of its polls, for either speaker.
     - The kernel protocol exports device routes of ``protocol direct`` too (duplicates of
       the connected routes, ``proto bird metric 32``) unless its filter rejects
       ``RTS_DEVICE``.
@@ -81,6 +91,7 @@ import contextlib
 import ipaddress
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -252,6 +263,20 @@ class BirdRouter:
         current ``bird.conf``, by default in graceful restart recovery (``-R``)."""
         self.stop(sig)
         self.start(timeout, recovery=recovery)
+
+    def wake(self) -> None:
+        """Wake BIRD's main loop: connect to its control socket and hang up at once.
+
+        BIRD 2.0.12 can sleep in ``poll()`` with an event pending (see "missed wake-up"
+        in the module notes); a new connection on the control socket ends that sleep,
+        and the loop runs its events before it looks at the CLI. Costs BIRD one
+        ``accept()`` and a greeting written to a closed socket.
+        """
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.setblocking(False)
+        with contextlib.suppress(OSError):
+            conn.connect(str(self.sock))
+        conn.close()
 
     def rss_kib(self) -> Rss:
         """Peak (VmHWM) and current (VmRSS) resident memory of the bird process."""

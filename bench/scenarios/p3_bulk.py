@@ -8,8 +8,14 @@
   FIB, first to last route, and the speaker's RSS: peak (VmHWM) when all are in, and
   steady (VmRSS) after ``settle`` seconds. The FIB is counted from ``fib_triestat`` every
   ``poll`` seconds (10 ms), not by a netlink listener: parsing 100k notifications in Python
-  on a 2-vCPU machine made BIRD's install 5x slower. :func:`measure_bulk` is also P4's
-  measurement (it hands its samples to P4 through ``ctx.shared``).
+  on a 2-vCPU machine made BIRD's install 5x slower. At each poll the reflector's main
+  loop is woken (:meth:`~l3hostd.birdlab.BirdRouter.wake`): BIRD 2.0.12 sends the last
+  <= 256 routes of a feed and its End-of-RIB only at its next wake-up (a missed wake-up
+  in its main loop, see :mod:`l3hostd.birdlab`), which without a nudge came 0-1 s later
+  at random, for either speaker: a property of the reflector, not of the speaker under
+  test, and the largest noise in this number (100k, l3hostd: 0.31-0.68 s without, 0.31-
+  0.32 s with; BIRD 0.23-0.49 s without, 0.23-0.24 s with). :func:`measure_bulk` is also
+  P4's measurement (it hands its samples to P4 through ``ctx.shared``).
 - ``cold_<N>`` (N = 1k, 10k): hv1 already has N endpoints when its speaker starts: N TAPs
   (macvlans named like TAPs, up) and, for l3hostd, N endpoint files (in the lab's
   open security group, firewall enabled as deployed); for BIRD, N Felix-style routes
@@ -110,6 +116,7 @@ def measure_bulk(
                     )
                 if not speaker.running():
                     raise LabError(f"{kind} on hv2 exited")
+                topo.rr.wake()
                 time.sleep(poll)
             t_est = session_up_at(topo.rr, "hv2", t_start)
             if t_est is None:
