@@ -622,20 +622,41 @@ class RtnlBatchSocket:
         table: int | None = None,
         *,
         oif: int | None = None,
+        skip_protocols: frozenset[int] = frozenset(),
         timeout: float | None = None,
     ) -> list[wire.RouteRecord]:
         """Routes of ``family`` (AF_INET / AF_INET6) with ``rtm_protocol == protocol`` (0 =
         any) in ``table`` (None = every table), filtered by the kernel. A table that does not
-        exist yields []."""
+        exist yields []. Routes whose protocol is in ``skip_protocols`` are dropped before
+        they are parsed (one byte read each): the kernel filters by one protocol, not by
+        "all but ours", and a host may hold 100k routes of ours."""
+        if not skip_protocols:
+            parse: Callable[[bytearray, int, int], wire.RouteRecord | None] = wire.parse_route
+        else:
+
+            def parse(buf: bytearray, start: int, end: int) -> wire.RouteRecord | None:
+                return None if buf[start + 5] in skip_protocols else wire.parse_route(
+                    buf, start, end
+                )  # byte 5 of struct rtmsg: rtm_protocol
+
+        out: list[wire.RouteRecord] = []
+
+        def keep(rec: wire.RouteRecord | None) -> None:
+            if rec is not None:
+                out.append(rec)
+
         try:
-            return await self._dump(
+            await self._dump(
                 lambda seq: wire.route_dump_request(
                     family, protocol=protocol, table=table, oif=oif, seq=seq
                 ),
                 wire.RTM_NEWROUTE,
-                wire.parse_route,
+                parse,
                 timeout,
+                keep,
+                out.clear,
             )
+            return out
         except NetlinkError as exc:
             if table and exc.errno == errno_mod.ENOENT:  # "FIB table does not exist"
                 return []
