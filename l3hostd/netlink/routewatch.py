@@ -193,9 +193,7 @@ class KernelRouteWatch:
             for mtype, _flags, _seq, start, end in wire.iter_headers(data):
                 if mtype not in (wire.RTM_NEWROUTE, wire.RTM_DELROUTE):
                     continue
-                if data[start + 5] in IGNORED_PROTOCOLS:
-                    continue  # rtm_protocol: e.g. our own bulk of learned routes, unparsed
-                rec = wire.parse_route(data, start, end)
+                rec = wire.parse_route(data, start, end)  # IGNORED_PROTOCOLS: never queued
                 if not self._candidate(rec):
                     continue
                 assert rec.oif is not None

@@ -168,7 +168,6 @@ def test_bird_router_reports_a_bad_config(lab: Lab) -> None:
     assert not bird.running()
 
 
-
 def test_wake_ends_the_reflectors_missed_wakeup_after_a_feed() -> None:
     """BIRD 2.0.12 sends the last <= 256 routes of a feed and its End-of-RIB only at its
     next wake-up (0-1 s later, at random: with 10k routes and a BIRD client, 0.10-0.13 s
