@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python -m bench all [--quick] [--runs N] [--out bench/results/suite.json]
     sudo .venv/bin/python -m bench p1 p5 --quick        # some scenarios only
+    sudo .venv/bin/python -m bench p1 --hops            # P1 split at the reflector
 
 Scenarios (see each module in ``bench/scenarios/`` for what is measured and how):
   p1  event latency hv1 -> hv2's kernel FIB: route add/del, TAP up, TAP deleted
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         help="write the table into bench/README.md (default: for all)",
     )
     parser.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--hops", action="store_true",
+        help="P1: also split each route event at the reflector (tcpdump there; bench/hops.py)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("python -m bench needs root (network namespaces)", file=sys.stderr)
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     everything = "all" in args.scenarios
     names = ORDER if everything else [n for n in ORDER if n in args.scenarios]
     kinds: list[SpeakerKind] = ["bird", "l3hostd"] if args.speaker == "both" else [args.speaker]
-    ctx = Context(quick=args.quick, runs=args.runs or (1 if args.quick else 3), kinds=kinds)
+    ctx = Context(quick=args.quick, runs=args.runs or (1 if args.quick else 3), kinds=kinds,
+                  hops=args.hops)
     out = args.out or Path("bench/results") / (
         "suite.json" if everything else f"suite-{'-'.join(names)}.json"
     )

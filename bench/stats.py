@@ -58,8 +58,9 @@ def summary(values: Sequence[float], digits: int = 3) -> dict[str, float | int]:
 
 def ratio(numerator: Summary, denominator: Summary) -> float | None:
     """Ratio of the medians (l3hostd / BIRD); None when either side has no samples or the
-    denominator's median is 0 (a ratio to nothing says nothing)."""
-    if not numerator.n or not denominator.n or denominator.median == 0:
+    denominator's median is not above 0 (a ratio to nothing, or to a time difference that
+    came out negative, says nothing)."""
+    if not numerator.n or not denominator.n or denominator.median <= 0:
         return None
     return numerator.median / denominator.median
 

@@ -34,6 +34,8 @@ class Context:
     #: results one scenario hands to another in the same run (P3's bulk loads to P4)
     shared: dict[str, Any] = field(default_factory=dict)
     verbose: bool = True
+    #: P1 also splits each route event at the reflector (``--hops``, :mod:`bench.hops`)
+    hops: bool = False
 
     def order(self, rep: int) -> list[SpeakerKind]:
         """The speakers in repetition ``rep``: bird first on even, l3hostd first on odd."""

@@ -19,10 +19,11 @@ Both ends are the kernel's own netlink notifications, timestamped on CLOCK_MONOT
 a :mod:`bench.listen` process (one per namespace, nothing else to do) reads them: on hv1
 the ``proto static`` route events and link events (up; the first of down or RTM_DELLINK
 for a deletion), on hv2 the speaker's learned routes (``proto bird`` 12 or ``l3hostd-bgp``
-45). What is measured is the daemons, not the ``ip`` commands. Both listeners wake up with
-some scheduling delay; when hv1's is later than the whole propagation (BIRD's ~0.3 ms, on
-a busy machine) a sample comes out slightly negative: it is kept as measured (the
-``negative`` count says how many), not clamped and not dropped.
+45). What is measured is the daemons, not the ``ip`` commands. With ``--hops``, the route
+events are also split at the reflector's wire (:mod:`bench.hops`): hv1, the reflector, hv2.
+Both listeners wake up with some scheduling delay; when hv1's is later than the whole
+propagation (BIRD's ~0.3 ms, on a busy machine) a sample comes out slightly negative: it is
+kept as measured (the ``negative`` count says how many), not clamped and not dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import yaml
 
 from bench.common import IpBatch, event_prefix, listen, tap_pair, wait_event
 from bench.guard import new_lab
+from bench.hops import Capture, split
 from bench.listen import Listener
 from bench.report import Row
 from bench.scenarios.base import Context, Out, Scenario, measure, missing, pooled
@@ -56,8 +58,19 @@ KEYS = (
     ("tap_del_ms", "TAP deleted on hv1 -> gone from hv2's FIB", "median <= 5 ms"),
 )
 
+LATENCIES = [key for key, _, _ in KEYS]
+
+#: ``--hops``: the route events (added and deleted) split at the reflector
+HOPS = (
+    ("hop_hv1_ms", "hop 1 (route events): hv1's kernel event -> its UPDATE at the reflector"),
+    ("hop_rr_ms", "hop 2: the reflector, UPDATE in -> UPDATE out to hv2"),
+    ("hop_hv2_ms", "hop 3: UPDATE leaves the reflector -> in/gone from hv2's FIB"),
+)
 
 MAX_MISSES = 3
+
+#: a route event as measured: prefix, command written, hv1's and hv2's listener times
+Event = tuple[str, float, float, float]
 
 
 def _deleted_at(src: Listener, tap: str, after: float) -> float:
@@ -67,8 +80,11 @@ def _deleted_at(src: Listener, tap: str, after: float) -> float:
     return down if after < down < gone else gone
 
 
-def _route_change(batch: IpBatch, src: Listener, dst: Listener, ip: str, add: bool) -> float:
-    """A Felix-style route added to (or deleted from) tapbench0 on hv1 -> hv2, in ms."""
+def _route_change(
+    batch: IpBatch, src: Listener, dst: Listener, ip: str, add: bool, seen: list[Event]
+) -> float:
+    """A Felix-style route added to (or deleted from) tapbench0 on hv1 -> hv2, in ms;
+    appended to ``seen`` for :mod:`bench.hops`."""
     verb = "add" if add else "del"
     t_cmd = batch(f"route {verb} {ip} dev tapbench0 proto static")
     t_src = wait_event(src.route_added if add else src.route_deleted, ip, t_cmd,
@@ -76,6 +92,7 @@ def _route_change(batch: IpBatch, src: Listener, dst: Listener, ip: str, add: bo
     # after t_cmd, not t_src: hv2's listener may read its event before hv1's does
     t_dst = wait_event(dst.route_added if add else dst.route_deleted, ip, t_cmd,
                        what=f"hv2: {verb}")
+    seen.append((ip, t_cmd, t_src, t_dst))
     return 1000 * (t_dst - t_src)
 
 
@@ -93,8 +110,11 @@ def _tap_delete(batch: IpBatch, src: Listener, dst: Listener, tap: str, ip: str)
     return 1000 * (wait_event(dst.route_deleted, ip, t_cmd, what="hv2: del") - t_del)
 
 
-def measure_events(kind: SpeakerKind, events: int, gap: float) -> dict[str, Any]:
-    """One lab; ``events`` of each kind; latencies in ms to hv2's FIB.
+def measure_events(
+    kind: SpeakerKind, events: int, gap: float, hops: bool = False
+) -> dict[str, Any]:
+    """One lab; ``events`` of each kind; latencies in ms to hv2's FIB. With ``hops``, the
+    route events are also split at the reflector (:mod:`bench.hops`).
 
     An event whose change does not show within :data:`~bench.common.EVENT_TIMEOUT` is
     counted in ``missed`` (what, which prefix, which side waited) and the run goes on; more
@@ -123,13 +143,19 @@ def measure_events(kind: SpeakerKind, events: int, gap: float) -> dict[str, Any]
         src = listen(lab, hv1.ns, PROTO_STATIC)
         dst = listen(lab, hv2.ns, topo.learned_proto)
         batch = IpBatch(lab, hv1.ns)
+        capture = Capture(lab, topo.rr_ns) if hops else None
         time.sleep(0.5)  # both speakers past their initial table exchange
 
+        seen: list[Event] = []
         for j in range(events):
             ip = event_prefix(30, j)
             for add, key in ((True, "route_add_ms"), (False, "route_del_ms")):
-                attempt(key, ip, partial(_route_change, batch, src, dst, ip, add))
+                attempt(key, ip, partial(_route_change, batch, src, dst, ip, add, seen))
                 time.sleep(gap)
+        unmatched = None
+        if capture is not None:
+            hop_samples, unmatched = _hops(capture, seen, hv1.uplink4, hv2.uplink4)
+            out.update(hop_samples)
 
         if kind == "l3hostd":
             out["tap_up_ms"] = []
@@ -160,18 +186,36 @@ def measure_events(kind: SpeakerKind, events: int, gap: float) -> dict[str, Any]
         if src.overflows or dst.overflows:
             raise LabError(f"listener overflow: hv1 {src.overflows}, hv2 {dst.overflows}")
     result: dict[str, Any] = {key: [round(v, 4) for v in values] for key, values in out.items()}
-    result["negative"] = sum(v < 0 for values in out.values() for v in values)
+    result["negative"] = sum(v < 0 for key in LATENCIES for v in out.get(key, ()))
+    if unmatched is not None:
+        result["hop_unmatched"] = unmatched
     result["missed_count"] = len(missed)
     result["missed"] = missed
     return result
 
 
+def _hops(
+    capture: Capture, seen: list[Event], hv1: str, hv2: str
+) -> tuple[dict[str, list[float]], int]:
+    """The route events split at the reflector (``hop_<hv1|rr|hv2>_ms``), and how many
+    the capture could not place."""
+    segments, offset = capture.segments()
+    parts: list[tuple[float, float, float]] = []
+    for ip, t_cmd, t_src, t_dst in seen:
+        hop = split(segments, ip, t_cmd + offset, t_src + offset, t_dst + offset, hv1, hv2)
+        if hop is not None:
+            parts.append(hop)
+    samples = {key: [part[i] for part in parts] for i, (key, _) in enumerate(HOPS)}
+    return samples, len(seen) - len(parts)
+
+
 def run(ctx: Context, out: Out) -> None:
     events, gap = ctx.pick(30, 10), 0.05
-    out["params"] = {"events_per_run": events, "gap_s": gap, "runs": ctx.runs}
+    out["params"] = {"events_per_run": events, "gap_s": gap, "runs": ctx.runs, "hops": ctx.hops}
     for rep in range(ctx.runs):
         for kind in ctx.order(rep):
-            measure(ctx, out, "events", kind, rep, partial(measure_events, kind, events, gap))
+            measure(ctx, out, "events", kind, rep,
+                    partial(measure_events, kind, events, gap, ctx.hops))
 
 
 def rows(out: Out) -> list[Row]:
@@ -198,6 +242,10 @@ def rows(out: Out) -> list[Row]:
         result.append(
             Row(row.scenario, row.metric, row.unit, row.samples, row.target, met, row.missing)
         )
+    for key, label in HOPS:
+        samples = {kind: pooled(out, "events", kind, key) for kind in ("bird", "l3hostd")}
+        if any(samples.values()):
+            result.append(Row("P1", label, "ms", samples, "", None, missing(out, "events")))
     missed = {kind: pooled(out, "events", kind, "missed_count") for kind in ("bird", "l3hostd")}
     if any(count for counts in missed.values() for count in counts):
         result.append(Row("P1", "events missed (no change in hv2's FIB within 10 s), per run", "",

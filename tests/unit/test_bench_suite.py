@@ -51,6 +51,7 @@ def test_ratio_of_medians_and_when_there_is_none() -> None:
     assert ratio(summarize([]), summarize([1.0])) is None
     assert ratio(summarize([1.0]), summarize([])) is None
     assert ratio(summarize([1.0]), summarize([0.0])) is None
+    assert ratio(summarize([0.2]), summarize([-0.05])) is None  # BIRD ahead of the listener
 
 
 def test_linear_fit_recovers_a_line() -> None:
