@@ -82,9 +82,12 @@ def ip_batch(ns: Netns, lines: list[str], timeout: float = 300) -> None:
         raise LabError(f"ip -batch in {ns.name}: {proc.stderr.strip()[:500]}")
 
 
-def listen(lab: Lab, ns: Netns, protocols: int | str, record: bool = False) -> Listener:
-    """A :mod:`bench.listen` process in ``ns`` reporting routes of ``protocols``."""
-    listener = Listener(ns.name, str(protocols), record=record)
+def listen(
+    lab: Lab, ns: Netns, protocols: int | str, record: bool = False, realtime: bool = False
+) -> Listener:
+    """A :mod:`bench.listen` process in ``ns`` reporting routes of ``protocols``
+    (SCHED_FIFO with ``realtime``: see :class:`~bench.listen.Listener`)."""
+    listener = Listener(ns.name, str(protocols), record=record, realtime=realtime)
     listener.start()
     lab.on_close(listener.stop)
     return listener

@@ -29,6 +29,9 @@ RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE = 1, 7, 11
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 IFLA_IFNAME = 3
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 17, 24, 25
+#: SCHED_FIFO priority of a ``realtime`` listener: above every normal task, low among
+#: real-time ones (the kernel's own threads are 50 and up)
+RT_PRIORITY = 10
 
 
 @dataclass
@@ -36,11 +39,15 @@ class Listener:
     """Reads the lines of a :mod:`bench.listen` process running in a namespace.
 
     ``record=True`` also keeps every route event in order in ``history`` as
-    ``(kind, dst, t)`` (the dicts hold only the last time per prefix)."""
+    ``(kind, dst, t)`` (the dicts hold only the last time per prefix). ``realtime=True``
+    runs the process SCHED_FIFO (``chrt -f``): it reads an event when the kernel sends it
+    instead of waiting for a CPU the speakers hold (see :mod:`bench.scenarios.p1_latency`);
+    only for a few events at a time, never for a bulk of them."""
 
     netns: str
     protocols: str = "44,45"
     record: bool = False
+    realtime: bool = False
     link_up: dict[str, float] = field(default_factory=dict)  # ifname -> last up with carrier
     link_down: dict[str, float] = field(default_factory=dict)  # ifname -> last lost up/carrier
     link_gone: dict[str, float] = field(default_factory=dict)  # ifname -> last RTM_DELLINK
@@ -55,6 +62,7 @@ class Listener:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
+                *(["chrt", "-f", str(RT_PRIORITY)] if self.realtime else []),
                 "ip",
                 "netns",
                 "exec",

@@ -21,9 +21,15 @@ the ``proto static`` route events and link events (up; the first of down or RTM_
 for a deletion), on hv2 the speaker's learned routes (``proto bird`` 12 or ``l3hostd-bgp``
 45). What is measured is the daemons, not the ``ip`` commands. With ``--hops``, the route
 events are also split at the reflector's wire (:mod:`bench.hops`): hv1, the reflector, hv2.
-Both listeners wake up with some scheduling delay; when hv1's is later than the whole
-propagation (BIRD's ~0.3 ms, on a busy machine) a sample comes out slightly negative: it is
-kept as measured (the ``negative`` count says how many), not clamped and not dropped.
+
+The listeners run SCHED_FIFO (``chrt -f``). As normal tasks on this 2-CPU machine they
+often waited for a CPU that the speaker (and ``ip``) held, and read the event late:
+TAP up "took" as little as 0.29 ms, less than hv1's own path to its UPDATE (~0.45 ms,
+traced), because the start was stamped up to 0.8 ms late, at random; half the TAP-up
+samples were such. Even so a listener can wake late (a halted vCPU takes ~0.2 ms to wake
+on this VM): when hv1's is later than the whole propagation (BIRD's ~0.2 ms) a sample
+comes out negative. It is kept as measured (the ``negative`` count says how many), not
+clamped and not dropped.
 """
 
 from __future__ import annotations
@@ -140,8 +146,8 @@ def measure_events(
         hv1, hv2 = topo.hv(1), topo.hv(2)
         tap_pair(hv1, vms, "tapbench0", "p0")
         topo.start(timeout=30)
-        src = listen(lab, hv1.ns, PROTO_STATIC)
-        dst = listen(lab, hv2.ns, topo.learned_proto)
+        src = listen(lab, hv1.ns, PROTO_STATIC, realtime=True)
+        dst = listen(lab, hv2.ns, topo.learned_proto, realtime=True)
         batch = IpBatch(lab, hv1.ns)
         capture = Capture(lab, topo.rr_ns) if hops else None
         time.sleep(0.5)  # both speakers past their initial table exchange
