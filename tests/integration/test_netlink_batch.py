@@ -535,3 +535,37 @@ def test_successes_are_confirmed_by_one_ack_per_datagram(ns: Netns) -> None:
 
     results = run("uvloop", main)
     assert results == [errno.ESRCH if i % 7 == 3 else 0 for i in range(3000)]
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_a_small_batch_is_answered_without_a_trip_through_the_loop(
+    ns: Netns, loop_kind: str
+) -> None:
+    """The kernel answers route requests inside send(): their ACK is read right there, and
+    the operation is over before the event loop runs anything else (a callback scheduled
+    before the batch has not run when it returns). A bulk still goes datagram by
+    datagram through the reader, and a dump still completes."""
+
+    async def main() -> tuple[list[bool], list[int], int]:
+        loop = asyncio.get_running_loop()
+        async with RtnlBatchSocket(ns.name) as sock:
+            await sock.execute([wire.route_add(v4(9999), protocol=P44, oif=ns.veth0)])
+            ran_before: list[bool] = []
+            for i in range(5):
+                ticked: list[bool] = []
+                loop.call_soon(ticked.append, True)
+                results = await sock.execute(
+                    [wire.route_add(v4(i), protocol=P44, oif=ns.veth0)]
+                )
+                assert results == [0]
+                ran_before.append(bool(ticked))
+            bulk = await sock.execute(
+                [wire.route_add(v4(10_000 + i), protocol=P44, oif=ns.veth0) for i in range(3000)]
+            )
+            routes = await sock.dump_routes(socket.AF_INET, P44)
+            return ran_before, bulk, len(routes)
+
+    ran_before, bulk, dumped = run(loop_kind, main)
+    assert ran_before == [False] * 5
+    assert bulk == [0] * 3000
+    assert dumped == 3006

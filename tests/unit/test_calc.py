@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 from ipaddress import ip_address, ip_network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l3hostd.calc import DataplaneSettings, DesiredState, calculate
+from l3hostd.calc import _PREFIXES, DataplaneSettings, DesiredState, calculate, matches
 from l3hostd.model import (
     RT_SCOPE_LINK,
     Endpoint,
@@ -148,3 +149,21 @@ def test_incremental_equals_full_calculation(ops: list[tuple[str, object]]) -> N
         assert state.desired_taps() == dict(full.taps)
         # the deltas, applied in order, reproduce the full desired routes
         assert {k: v for k, v in routes.items() if v is not None} == dict(full.routes)
+
+
+@given(
+    name=st.text(alphabet="tapvhuxy0-*?[]", max_size=6),
+    patterns=st.lists(st.text(alphabet="tapvhuxy0-*?[]!", max_size=5), min_size=1, max_size=3),
+)
+def test_interface_patterns_match_as_fnmatch_does(name: str, patterns: list[str]) -> None:
+    expected = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    assert matches(name, tuple(patterns)) == expected
+    assert matches(name, tuple(patterns)) == expected  # again, from the cache
+
+
+def test_prefix_patterns_take_the_prefix_path() -> None:
+    assert matches("tap0a1b", ("tap*",)) and matches("vhu9", ("tap*", "vhu*"))
+    assert not matches("eth0", ("tap*", "vhu*")) and not matches("ta", ("tap*",))
+    assert _PREFIXES[("tap*", "vhu*")] == ("tap", "vhu")
+    assert matches("tapx", ("tap?",)) and _PREFIXES[("tap?",)] is None  # fnmatch's
+    assert matches("tap[1]", ("tap[[]1]",)) and not matches("tap1", ("tap[[]1]",))
