@@ -225,7 +225,12 @@ class _Op:
         self.future: asyncio.Future[None] = loop.create_future()
         self.timeout = timeout
         self.last_progress = loop.time()
-        self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._check_timeout)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        """Start the progress timeout (not needed by an operation over at once)."""
+        if self._timer is None and not self.future.done():
+            self._timer = self.loop.call_later(self.timeout, self._check_timeout)
 
     def feed(self, buf: bytearray, n: int) -> None:
         raise NotImplementedError
@@ -822,6 +827,7 @@ class RtnlBatchSocket:
                 # read it now, not one trip through the event loop later (~0.1 ms on the
                 # path of every event). Nothing there yet: one recv() that would block.
                 self._on_readable()
+            op.arm()
             await op.future
             clean = True
         finally:
