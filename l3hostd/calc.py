@@ -114,7 +114,7 @@ def plan_endpoint(
         )
     routes = tuple(
         HostRoute(
-            dst=ip_network(ip),
+            dst=ip_network((ip, ip.max_prefixlen)),  # (an address alone is re-parsed as text)
             ifindex=link.ifindex,
             table=settings.table,
             scope=RT_SCOPE_LINK if isinstance(ip, IPv4Address) else 0,
