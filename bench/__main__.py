@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         "--hops", action="store_true",
         help="P1: also split each route event at the reflector (tcpdump there; bench/hops.py)",
     )
+    parser.add_argument(
+        "--gap", type=float, default=0.05,
+        help="P1: pause between two changes, seconds (0.05; 0.003 keeps the CPUs' caches warm)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("python -m bench needs root (network namespaces)", file=sys.stderr)
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     names = ORDER if everything else [n for n in ORDER if n in args.scenarios]
     kinds: list[SpeakerKind] = ["bird", "l3hostd"] if args.speaker == "both" else [args.speaker]
     ctx = Context(quick=args.quick, runs=args.runs or (1 if args.quick else 3), kinds=kinds,
-                  hops=args.hops)
+                  hops=args.hops, gap=args.gap)
     out = args.out or Path("bench/results") / (
         "suite.json" if everything else f"suite-{'-'.join(names)}.json"
     )

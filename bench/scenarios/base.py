@@ -36,6 +36,8 @@ class Context:
     verbose: bool = True
     #: P1 also splits each route event at the reflector (``--hops``, :mod:`bench.hops`)
     hops: bool = False
+    #: P1's pause between two changes, seconds (``--gap``)
+    gap: float = 0.05
 
     def order(self, rep: int) -> list[SpeakerKind]:
         """The speakers in repetition ``rep``: bird first on even, l3hostd first on odd."""

@@ -216,7 +216,7 @@ def _hops(
 
 
 def run(ctx: Context, out: Out) -> None:
-    events, gap = ctx.pick(30, 10), 0.05
+    events, gap = ctx.pick(30, 10), ctx.gap
     out["params"] = {"events_per_run": events, "gap_s": gap, "runs": ctx.runs, "hops": ctx.hops}
     for rep in range(ctx.runs):
         for kind in ctx.order(rep):
