@@ -21,9 +21,13 @@ How:
   request of a datagram asks for an ACK; a failing request is always answered. At most
   ``max_in_flight`` requests (256 by default; the daemon's socket 1024, one full datagram
   of route messages) are unacknowledged at any time, so the answers of a datagram that
-  fails entirely fit the receive buffer. Each time the reader drains answers it refills
-  the window from the reader callback itself, so a bulk operation costs one event-loop
-  iteration per datagram and yields between them. A run of requests of one length, type
+  fails entirely fit the receive buffer. The answers to the first datagram are read right
+  after ``send()``, which is where the kernel has just written them: an event's few
+  requests are done without a trip through the event loop (~0.1 ms on a CPU back from
+  idle), and without a timer (armed only when an operation still waits). After that,
+  each time the reader drains answers it refills the window from the reader callback
+  itself, so a bulk operation costs one event-loop iteration per datagram and yields
+  between them. A run of requests of one length, type
   and flags (a bulk of routes) is framed with array operations (:meth:`_BatchOp.
   _fill_uniform`), not request by request.
 * Every operation has a progress timeout (default 5 s without any reply -> exception).
