@@ -43,7 +43,7 @@ import yaml
 
 from bench.common import IpBatch, event_prefix, listen, tap_pair, wait_event
 from bench.guard import new_lab
-from bench.hops import Capture, split
+from bench.hops import Capture, Segment, split
 from bench.listen import Listener
 from bench.report import Row
 from bench.scenarios.base import Context, Out, Scenario, measure, missing, pooled
@@ -66,11 +66,18 @@ KEYS = (
 
 LATENCIES = [key for key, _, _ in KEYS]
 
-#: ``--hops``: the route events (added and deleted) split at the reflector
-HOPS = (
-    ("hop_hv1_ms", "hop 1 (route events): hv1's kernel event -> its UPDATE at the reflector"),
-    ("hop_rr_ms", "hop 2: the reflector, UPDATE in -> UPDATE out to hv2"),
-    ("hop_hv2_ms", "hop 3: UPDATE leaves the reflector -> in/gone from hv2's FIB"),
+#: ``--hops``: which events are split at the reflector (key prefix, label)
+HOP_EVENTS = (("hop", "route added/deleted"), ("tap_up_hop", "TAP up"))
+#: the three parts of an event (key infix, label)
+HOP_PARTS = (
+    ("hv1", "hv1's event -> its UPDATE at the reflector"),
+    ("rr", "the reflector, UPDATE in -> out to hv2"),
+    ("hv2", "UPDATE leaves the reflector -> hv2's FIB"),
+)
+HOPS = tuple(
+    (f"{prefix}_{part}_ms", f"{events}, hop {i + 1}: {text}")
+    for prefix, events in HOP_EVENTS
+    for i, (part, text) in enumerate(HOP_PARTS)
 )
 
 MAX_MISSES = 3
@@ -102,11 +109,16 @@ def _route_change(
     return 1000 * (t_dst - t_src)
 
 
-def _tap_up(batch: IpBatch, src: Listener, dst: Listener, tap: str, ip: str) -> float:
-    """The (down) TAP of an endpoint comes up on hv1 -> its /32 in hv2's FIB, in ms."""
+def _tap_up(
+    batch: IpBatch, src: Listener, dst: Listener, tap: str, ip: str, seen: list[Event]
+) -> float:
+    """The (down) TAP of an endpoint comes up on hv1 -> its /32 in hv2's FIB, in ms;
+    appended to ``seen`` for :mod:`bench.hops`."""
     t_cmd = batch(f"link set {tap} up")
     t_up = wait_event(src.link_up, tap, t_cmd, what="hv1: TAP up")
-    return 1000 * (wait_event(dst.route_added, ip, t_cmd, what="hv2: add") - t_up)
+    t_dst = wait_event(dst.route_added, ip, t_cmd, what="hv2: add")
+    seen.append((ip, t_cmd, t_up, t_dst))
+    return 1000 * (t_dst - t_up)
 
 
 def _tap_delete(batch: IpBatch, src: Listener, dst: Listener, tap: str, ip: str) -> float:
@@ -153,15 +165,12 @@ def measure_events(
         time.sleep(0.5)  # both speakers past their initial table exchange
 
         seen: list[Event] = []
+        seen_tap: list[Event] = []
         for j in range(events):
             ip = event_prefix(30, j)
             for add, key in ((True, "route_add_ms"), (False, "route_del_ms")):
                 attempt(key, ip, partial(_route_change, batch, src, dst, ip, add, seen))
                 time.sleep(gap)
-        unmatched = None
-        if capture is not None:
-            hop_samples, unmatched = _hops(capture, seen, hv1.uplink4, hv2.uplink4)
-            out.update(hop_samples)
 
         if kind == "l3hostd":
             out["tap_up_ms"] = []
@@ -177,7 +186,8 @@ def measure_events(
                 path.with_suffix(".tmp").rename(path)
                 tap_pair(hv1, vms, tap, f"q{j}", up=False)
                 time.sleep(0.05)  # the daemon has read the file and seen the (down) TAP
-                ready = attempt("tap_up_ms", ip, partial(_tap_up, batch, src, dst, tap, ip))
+                ready = attempt("tap_up_ms", ip,
+                                partial(_tap_up, batch, src, dst, tap, ip, seen_tap))
             else:
                 tap_pair(hv1, vms, tap, f"q{j}")
                 t_cmd = batch(f"route add {ip} dev {tap} proto static")
@@ -191,6 +201,15 @@ def measure_events(
             time.sleep(gap)
         if src.overflows or dst.overflows:
             raise LabError(f"listener overflow: hv1 {src.overflows}, hv2 {dst.overflows}")
+        unmatched = None
+        if capture is not None:
+            segments, offset = capture.segments()
+            unmatched = 0
+            for (prefix, _), events_seen in zip(HOP_EVENTS, (seen, seen_tap), strict=True):
+                samples, missing_here = _hops(segments, offset, events_seen, prefix,
+                                              hv1.uplink4, hv2.uplink4)
+                out.update(samples)
+                unmatched += missing_here
     result: dict[str, Any] = {key: [round(v, 4) for v in values] for key, values in out.items()}
     result["negative"] = sum(v < 0 for key in LATENCIES for v in out.get(key, ()))
     if unmatched is not None:
@@ -201,17 +220,17 @@ def measure_events(
 
 
 def _hops(
-    capture: Capture, seen: list[Event], hv1: str, hv2: str
+    segments: list[Segment], offset: float, seen: list[Event], prefix: str, hv1: str, hv2: str
 ) -> tuple[dict[str, list[float]], int]:
-    """The route events split at the reflector (``hop_<hv1|rr|hv2>_ms``), and how many
-    the capture could not place."""
-    segments, offset = capture.segments()
+    """Events split at the reflector (``<prefix>_<hv1|rr|hv2>_ms``; ``offset``: the
+    capture's clock minus ours), and how many the capture could not place."""
     parts: list[tuple[float, float, float]] = []
     for ip, t_cmd, t_src, t_dst in seen:
         hop = split(segments, ip, t_cmd + offset, t_src + offset, t_dst + offset, hv1, hv2)
         if hop is not None:
             parts.append(hop)
-    samples = {key: [part[i] for part in parts] for i, (key, _) in enumerate(HOPS)}
+    samples = {f"{prefix}_{part}_ms": [p[i] for p in parts]
+               for i, (part, _) in enumerate(HOP_PARTS)}
     return samples, len(seen) - len(parts)
 
 
@@ -251,7 +270,9 @@ def rows(out: Out) -> list[Row]:
     for key, label in HOPS:
         samples = {kind: pooled(out, "events", kind, key) for kind in ("bird", "l3hostd")}
         if any(samples.values()):
-            result.append(Row("P1", label, "ms", samples, "", None, missing(out, "events")))
+            na = ("bird",) if key.startswith("tap_up") else ()  # (Felix's job there)
+            result.append(Row("P1", label, "ms", samples, "", None,
+                              missing(out, "events", na=na)))
     missed = {kind: pooled(out, "events", kind, "missed_count") for kind in ("bird", "l3hostd")}
     if any(count for counts in missed.values() for count in counts):
         result.append(Row("P1", "events missed (no change in hv2's FIB within 10 s), per run", "",

@@ -117,8 +117,13 @@ def test_p1_hop_rows_only_when_measured() -> None:
                          for kind in ("bird", "l3hostd")]}
 
     plain = out(route_add_ms=[0.3], route_del_ms=[0.3], tap_del_ms=[1.0])
-    assert not any(row.metric.startswith("hop") for row in p1_latency.rows(plain))
-    hops = out(route_add_ms=[0.3], hop_hv1_ms=[0.1], hop_rr_ms=[0.1], hop_hv2_ms=[0.1])
-    rows = [row for row in p1_latency.rows(hops) if row.metric.startswith("hop")]
+    assert not any("hop" in row.metric for row in p1_latency.rows(plain))
+    hops = out(route_add_ms=[0.3], hop_hv1_ms=[0.1], hop_rr_ms=[0.1], hop_hv2_ms=[0.1],
+               tap_up_hop_hv1_ms=[0.5], tap_up_hop_rr_ms=[0.1], tap_up_hop_hv2_ms=[0.3])
+    labels = {label: key for key, label in p1_latency.HOPS}
+    rows = [row for row in p1_latency.rows(hops) if row.metric in labels]
     assert [row.metric for row in rows] == [label for _, label in p1_latency.HOPS]
+    assert [labels[row.metric] for row in rows][:3] == ["hop_hv1_ms", "hop_rr_ms", "hop_hv2_ms"]
+    assert rows[0].metric.startswith("route added/deleted, hop 1: hv1's event")
     assert all(row.met is None for row in rows)
+    assert rows[3].missing == {"bird": "n/a"} and rows[0].missing == {}
