@@ -2,12 +2,12 @@
 
 ``python -m bench p1 --hops`` captures the reflector's BGP traffic (``tcpdump`` in its
 namespace, kernel timestamps, written to a pcap file; no wake-up per packet) and splits
-each route event in three:
+each route event (and each TAP up) in three:
 
-- **hv1**: hv1's listener reads the kernel's route event -> the UPDATE (or withdrawal)
-  for that prefix arrives at the reflector. hv1's speaker reacts to the same kernel
-  notification as the listener, so with a fast speaker this is often negative: the
-  listener, a Python process, wakes up later than the speaker's UPDATE is on the wire;
+- **hv1**: hv1's listener reads the kernel's route (or link) event -> the UPDATE (or
+  withdrawal) for that prefix arrives at the reflector. hv1's speaker reacts to the same
+  kernel notification as the listener, so with a fast speaker this is often negative:
+  the listener wakes up later than the speaker's UPDATE is on the wire;
 - **rr**: that UPDATE arrives -> the reflector's UPDATE for the prefix leaves for hv2;
 - **hv2**: it leaves -> hv2's listener reads the route change in hv2's FIB.
 

@@ -28,6 +28,7 @@ Why it is built this way
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import pickle
@@ -118,10 +119,16 @@ async def load_config_async(path: str | Path, timeout: float = DEFAULT_TIMEOUT) 
     )
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise _timed_out(source, timeout) from None
+    except BaseException as exc:
+        # timed out, or cancelled (the daemon stopping mid-reload): the child goes too,
+        # reaped here rather than left to the garbage collector after the loop is gone
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(BaseException):
+            await proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise _timed_out(source, timeout) from None
+        raise
     assert proc.returncode is not None
     return _result(source, proc.returncode, stdout, stderr)
 

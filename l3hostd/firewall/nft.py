@@ -110,8 +110,12 @@ async def _run(
         await proc.wait()
         raise NftError(f"nft timed out after {timeout} s") from None
     except BaseException:
+        # cancelled (the daemon stopping mid-apply) or failed: kill the child and reap it,
+        # or its transport outlives the loop and complains from the garbage collector
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+        with contextlib.suppress(BaseException):
+            await proc.wait()
         raise
     assert proc.returncode is not None
     return proc.returncode, out, err

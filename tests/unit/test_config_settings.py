@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -205,6 +206,34 @@ def test_timeout_kills_the_child_and_says_so(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ConfigError) as info:
         asyncio.run(config_isolated.load_config_async("x.yaml", timeout=0.3))
     assert info.value.errors == ["x.yaml: the config validator did not finish in 0.3 s"]
+
+
+def test_a_cancelled_reload_kills_and_reaps_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon stops during a reload: the validator goes too, reaped before the
+    cancellation goes on (not left running, nor to the garbage collector)."""
+    def slow(path: str) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", "import time; time.sleep(30)"], {}
+
+    monkeypatch.setattr(config_isolated, "_command", slow)
+    started: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recording(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await spawn(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
+
+    async def main() -> int | None:
+        task = asyncio.ensure_future(config_isolated.load_config_async("x.yaml", timeout=30))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return started[0].returncode
+
+    assert asyncio.run(main()) == -signal.SIGKILL
 
 
 def test_a_crashing_child_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import stat
 from pathlib import Path
+from typing import Any
 
+import pytest
 import uvloop
 
 from l3hostd.firewall import nft
@@ -28,3 +32,34 @@ def test_an_nft_that_exits_before_reading_its_script_reports_its_own_error(
 
     rc, err = uvloop.run(main())
     assert rc == 1 and b"simulated nft failure" in err  # communicate() raised RuntimeError
+
+
+def test_a_cancelled_nft_call_reaps_its_child(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled (the daemon stops mid-apply): the child is killed *and* waited for before
+    the cancellation goes on, so nothing of it is left for the garbage collector to close
+    after the loop is gone ("Exception ignored in BaseSubprocessTransport.__del__: Event
+    loop is closed", seen in CI)."""
+    fake = tmp_path / "nft"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("NFT", str(fake))
+    started: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recording(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await spawn(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
+
+    async def main() -> int | None:
+        task = asyncio.ensure_future(nft.apply("add table inet x\n", timeout=30))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return started[0].returncode  # reaped before the cancellation went on
+
+    assert asyncio.run(main()) == -signal.SIGKILL
