@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cancelled_child import returncode_after_cancel
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -215,25 +216,9 @@ def test_a_cancelled_reload_kills_and_reaps_the_child(monkeypatch: pytest.Monkey
         return [sys.executable, "-c", "import time; time.sleep(30)"], {}
 
     monkeypatch.setattr(config_isolated, "_command", slow)
-    started: list[asyncio.subprocess.Process] = []
-    spawn = asyncio.create_subprocess_exec
-
-    async def recording(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
-        proc = await spawn(*args, **kwargs)
-        started.append(proc)
-        return proc
-
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
-
-    async def main() -> int | None:
-        task = asyncio.ensure_future(config_isolated.load_config_async("x.yaml", timeout=30))
-        await asyncio.sleep(0.3)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return started[0].returncode
-
-    assert asyncio.run(main()) == -signal.SIGKILL
+    status = returncode_after_cancel(
+        monkeypatch, lambda: config_isolated.load_config_async("x.yaml", timeout=30), after=0.3)
+    assert status == -signal.SIGKILL
 
 
 def test_a_crashing_child_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

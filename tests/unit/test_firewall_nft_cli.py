@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvloop
+from cancelled_child import returncode_after_cancel
 
 from l3hostd.firewall import nft
 
@@ -44,22 +43,6 @@ def test_a_cancelled_nft_call_reaps_its_child(
     fake.write_text("#!/bin/sh\nexec sleep 30\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("NFT", str(fake))
-    started: list[asyncio.subprocess.Process] = []
-    spawn = asyncio.create_subprocess_exec
-
-    async def recording(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
-        proc = await spawn(*args, **kwargs)
-        started.append(proc)
-        return proc
-
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
-
-    async def main() -> int | None:
-        task = asyncio.ensure_future(nft.apply("add table inet x\n", timeout=30))
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        return started[0].returncode  # reaped before the cancellation went on
-
-    assert asyncio.run(main()) == -signal.SIGKILL
+    status = returncode_after_cancel(
+        monkeypatch, lambda: nft.apply("add table inet x\n", timeout=30), after=0.2)
+    assert status == -signal.SIGKILL
