@@ -27,7 +27,6 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, ip_network
 
 from l3hostd.model import (
     RT_SCOPE_LINK,
@@ -114,12 +113,12 @@ def plan_endpoint(
         )
     routes = tuple(
         HostRoute(
-            dst=ip_network((ip, ip.max_prefixlen)),  # (an address alone is re-parsed as text)
+            dst=prefix,
             ifindex=link.ifindex,
             table=settings.table,
-            scope=RT_SCOPE_LINK if isinstance(ip, IPv4Address) else 0,
+            scope=RT_SCOPE_LINK if prefix.version == 4 else 0,
         )
-        for ip in ep.ips
+        for prefix in ep.host_prefixes
     )
     neighbours = tuple(Neighbour(link.ifindex, ip, ep.mac) for ip in ep.ips)
     return EndpointPlan(EndpointState.ACTIVE, "", routes, neighbours, tap, link.ifindex)
