@@ -23,6 +23,8 @@ CLOCK_MONOTONIC: one offset read at the end converts them (drift over a run: mic
 from __future__ import annotations
 
 import ipaddress
+import os
+import select
 import socket
 import struct
 import subprocess
@@ -40,6 +42,8 @@ PCAP_NANO = 0xA1B23C4D
 PCAP_MICRO = 0xA1B2C3D4
 #: tcpdump's capture timeout (s): the kernel hands a partly filled ring block over after it
 RING_TIMEOUT = 1.0
+#: how long tcpdump may take to say it is listening (s)
+START_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -124,14 +128,17 @@ class Capture:
         )
         lab.on_close(self._stop)
         assert self.proc.stderr is not None
-        said = []
-        for _ in range(5):  # "tcpdump: data link type ...", "tcpdump: listening on any, ..."
-            said.append(self.proc.stderr.readline().decode(errors="replace").strip())
-            if "listening on" in said[-1] or not said[-1]:
-                break
-        if "listening on" not in said[-1]:
-            self._stop()
-            raise LabError(f"tcpdump did not start: {' / '.join(said)!r}")
+        # "tcpdump: data link type ...", then "tcpdump: listening on any, ..." once ready
+        # (read from the descriptor: a buffered readline() could hold a line select() misses)
+        fd, said = self.proc.stderr.fileno(), b""
+        deadline = time.monotonic() + START_TIMEOUT
+        while b"listening on" not in said:
+            left = deadline - time.monotonic()
+            chunk = os.read(fd, 4096) if left > 0 and select.select([fd], [], [], left)[0] else b""
+            if not chunk:  # exited, or silent for START_TIMEOUT
+                self._stop()
+                raise LabError(f"tcpdump did not start: {said.decode(errors='replace')!r}")
+            said += chunk
 
     def _stop(self) -> None:
         if self.proc.poll() is None:
