@@ -15,7 +15,6 @@ Usage: ``ip netns exec NS python -m bench.listen [--protocols 44,45]``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import socket
 import struct
 import subprocess
@@ -25,15 +24,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from l3hostd.netlink import wire
+from l3hostd.netlink import bpf, wire
 
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE = 1, 7, 11
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 IFLA_IFNAME = 3
-SO_ATTACH_FILTER = 26
-BPF_LDB_ABS, BPF_JEQ_K, BPF_RET_K = 0x30, 0x15, 0x06
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 17, 24, 25
 #: SCHED_FIFO priority of a ``realtime`` listener: above every normal task, low among
 #: real-time ones (the kernel's own threads are 50 and up)
@@ -120,7 +117,7 @@ class Listener:
                 self.overflows += 1
 
 
-def event_filter(protocols: Iterable[int]) -> bytes:
+def event_filter(protocols: Iterable[int]) -> list[bpf.Insn]:
     """A classic BPF program for the socket: link messages and the route messages of
     ``protocols`` pass, the kernel drops the rest before they are queued. A real-time
     listener must not wake up (and take a CPU from the speakers) for the speakers' own
@@ -129,26 +126,18 @@ def event_filter(protocols: Iterable[int]) -> bytes:
     wanted = sorted(set(protocols))
     type_at = 4 if sys.byteorder == "little" else 5
     accept = 8 + len(wanted)
-    prog = [
-        (BPF_LDB_ABS, 0, 0, type_at),
-        (BPF_JEQ_K, accept - 2, 0, RTM_NEWLINK),
-        (BPF_JEQ_K, accept - 3, 0, RTM_DELLINK),
-        (BPF_JEQ_K, 2, 0, RTM_NEWROUTE),  # -> 6
-        (BPF_JEQ_K, 1, 0, RTM_DELROUTE),  # -> 6
-        (BPF_RET_K, 0, 0, 0),
-        (BPF_LDB_ABS, 0, 0, 16 + 5),  # 6: rtm_protocol
-        *((BPF_JEQ_K, accept - (8 + i), 0, proto) for i, proto in enumerate(wanted)),
-        (BPF_RET_K, 0, 0, 0),
-        (BPF_RET_K, 0, 0, 0xFFFFFFFF),  # accept
+    return [
+        (bpf.LDB_ABS, 0, 0, type_at),
+        (bpf.JEQ_K, accept - 2, 0, RTM_NEWLINK),
+        (bpf.JEQ_K, accept - 3, 0, RTM_DELLINK),
+        (bpf.JEQ_K, 2, 0, RTM_NEWROUTE),  # -> 6
+        (bpf.JEQ_K, 1, 0, RTM_DELROUTE),  # -> 6
+        (bpf.RET_K, 0, 0, 0),
+        (bpf.LDB_ABS, 0, 0, 16 + 5),  # 6: rtm_protocol
+        *((bpf.JEQ_K, accept - (8 + i), 0, proto) for i, proto in enumerate(wanted)),
+        (bpf.RET_K, 0, 0, 0),
+        (bpf.RET_K, 0, 0, bpf.ACCEPT),  # accept
     ]
-    return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
-
-
-def attach(sock: socket.socket, program: bytes) -> None:
-    buf = ctypes.create_string_buffer(program)
-    layout = "=HxxxxxxQ" if struct.calcsize("P") == 8 else "=HxxI"  # struct sock_fprog
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
-                    struct.pack(layout, len(program) // 8, ctypes.addressof(buf)))
 
 
 def ifname(payload: bytes) -> str | None:
@@ -170,7 +159,7 @@ def main() -> None:
     protocols = {int(p) for p in args.protocols.split(",")}
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
-    attach(sock, event_filter(protocols))
+    bpf.attach(sock, event_filter(protocols))
     sock.bind((0, 0))
     for group in (RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE):
         sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)

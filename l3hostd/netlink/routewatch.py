@@ -21,16 +21,14 @@ device goes away or down, so link events drop that device's routes here too.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import logging
 import socket
-import struct
 from collections.abc import Callable, Iterable
 
 from l3hostd.calc import matches
 from l3hostd.model import RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP, IPNetwork, Link
-from l3hostd.netlink import wire
+from l3hostd.netlink import bpf, wire
 from l3hostd.netlink.batch import RtnlBatchSocket
 
 log = logging.getLogger("l3hostd.netlink.routewatch")
@@ -52,11 +50,6 @@ IGNORED_PROTOCOLS = frozenset({RTPROT_REDIRECT, RTPROT_KERNEL, RTPROT_L3HOSTD, R
 #: beyond, with one dump of the whole table (see ``KernelRouteWatch._read``).
 PER_LINK_DUMPS = 4
 
-SO_ATTACH_FILTER = 26
-# classic BPF opcodes
-_BPF_LDB_ABS = 0x30  # BPF_LD | BPF_B | BPF_ABS
-_BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
-_BPF_RET_K = 0x06  # BPF_RET | BPF_K
 _RTM_PROTOCOL_OFFSET = 16 + 5  # nlmsghdr + rtmsg.rtm_protocol
 
 
@@ -67,17 +60,13 @@ def attach_protocol_filter(sock: socket.socket, protocols: tuple[int, ...]) -> N
     notifications it must ignore, and overflow it. A route notification carries one
     message per datagram, so its rtm_protocol is at a fixed offset. Classic BPF:
     ``ldb [21]; jeq p1 -> drop; ...; ret accept; drop: ret 0``."""
-    prog = [(_BPF_LDB_ABS, 0, 0, _RTM_PROTOCOL_OFFSET)]
+    prog: list[bpf.Insn] = [(bpf.LDB_ABS, 0, 0, _RTM_PROTOCOL_OFFSET)]
     n = len(protocols)
     for i, proto in enumerate(protocols):
-        prog.append((_BPF_JEQ_K, n - i, 0, proto))  # jump over the rest and "accept"
-    prog.append((_BPF_RET_K, 0, 0, 0xFFFFFFFF))
-    prog.append((_BPF_RET_K, 0, 0, 0))
-    code = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
-    buf = ctypes.create_string_buffer(code)
-    fprog = struct.pack("=HxxxxxxQ" if struct.calcsize("P") == 8 else "=HxxI",
-                        len(prog), ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        prog.append((bpf.JEQ_K, n - i, 0, proto))  # jump over the rest and "accept"
+    prog.append((bpf.RET_K, 0, 0, bpf.ACCEPT))
+    prog.append((bpf.RET_K, 0, 0, 0))
+    bpf.attach(sock, prog)
 
 
 def watch_socket() -> socket.socket:
@@ -268,9 +257,8 @@ class KernelRouteWatch:
         table per family, our own routes skipped unparsed, the rest kept by link here."""
         if not ifindexes:
             return []
-        dumps: list[int | None] = [None]
-        if len(ifindexes) <= PER_LINK_DUMPS:
-            dumps = [*sorted(ifindexes)]
+        few = len(ifindexes) <= PER_LINK_DUMPS
+        dumps: list[int | None] = [*sorted(ifindexes)] if few else [None]  # None: no filter
         out = []
         for oif in dumps:
             for family in (socket.AF_INET, socket.AF_INET6):

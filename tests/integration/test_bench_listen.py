@@ -11,21 +11,21 @@ from __future__ import annotations
 import select
 import socket
 
-from bench.listen import attach, event_filter
+from bench.listen import event_filter
 from l3hostd.lab import Lab
-from l3hostd.netlink import batch, wire
+from l3hostd.netlink import batch, bpf, wire
 
 RTMGRP_LINK, RTMGRP_IPV4_ROUTE = 0x1, 0x40
 
 
-def _events(lab: Lab, role: str, program: bytes | None) -> list[tuple[int, str]]:
+def _events(lab: Lab, role: str, program: list[bpf.Insn] | None) -> list[tuple[int, str]]:
     ns = lab.netns(role)
 
     def listener() -> socket.socket:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
                           socket.NETLINK_ROUTE)
         if program is not None:
-            attach(s, program)
+            bpf.attach(s, program)
         s.bind((0, RTMGRP_LINK | RTMGRP_IPV4_ROUTE))
         return s
 
