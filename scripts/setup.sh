@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 for pair in ip:iproute2 nft:nftables bird:bird2 birdc:bird2 ping:iputils-ping \
-            tcpdump:tcpdump nc:netcat-openbsd sysctl:procps runuser:util-linux make:make; do
+            tcpdump:tcpdump nc:netcat-openbsd sysctl:procps runuser:util-linux chrt:util-linux make:make; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
