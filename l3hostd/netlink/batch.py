@@ -239,8 +239,14 @@ class _Op:
     def feed(self, buf: bytearray, n: int) -> None:
         raise NotImplementedError
 
+    def settled(self) -> bool:
+        """Is every answer to what was sent in? Then the reader stops: a further recv()
+        would only block (and raising that costs ~40 us on a cold CPU)."""
+        return self.future.done()
+
     def after_drain(self) -> None:
-        """Called once the reader has drained what was queued (or reached its budget)."""
+        """Called once the reader has read what was queued or owed (or reached its
+        budget)."""
 
     def socket_failed(self, exc: OSError) -> bool:
         """The socket reported an error (recv/send). Fail the operation, or return True to
@@ -422,6 +428,10 @@ class _BatchOp(_Op):
                         errors[k] = 0
                         self.acked += 1
         self.last_progress = self.loop.time()
+
+    def settled(self) -> bool:
+        # (after an overflow, what is still queued is read before the operation fails)
+        return self.future.done() or (self.acked >= self.sent and self.overflow is None)
 
     def after_drain(self) -> None:
         if self.future.done():
@@ -891,5 +901,7 @@ class RtnlBatchSocket:
             except Exception as exc:  # malformed message: fail loudly, not hang
                 op.fail(exc)
                 return
+            if op.settled():
+                break  # nothing more is owed (what else is queued is read at the next turn)
         if op is not None:
             op.after_drain()

@@ -12,7 +12,8 @@ TAPs created at once) ``on_overflow`` is called and the daemon re-dumps all link
 resyncs: events are hints, the dump is the truth.
 
 The socket is driven with ``loop.add_reader`` (uvloop-safe) and its messages are decoded by
-``wire.parse_link`` (~5 us each).
+``wire.parse_link`` (~5 us each). A wake-up reads until nothing is queued, asking
+:class:`~l3hostd.netlink.queued.Queued` before each further read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 from l3hostd.model import Link
 from l3hostd.netlink.driver import parse_link_messages
+from l3hostd.netlink.queued import Queued
 
 log = logging.getLogger("l3hostd.netlink.monitor")
 
@@ -54,6 +56,7 @@ class LinkMonitor:
         #: called once what one wake-up read has been handed over (all its events)
         self._on_drained = on_drained
         self._sock: socket.socket | None = None
+        self._queued: Queued | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.events = 0
         self.overflows = 0
@@ -67,6 +70,7 @@ class LinkMonitor:
         sock.bind((0, RTMGRP_LINK))
         sock.setblocking(False)
         self._sock = sock
+        self._queued = Queued(sock)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -75,9 +79,11 @@ class LinkMonitor:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+            self._queued = None
 
     def _on_readable(self) -> None:
-        assert self._sock is not None
+        assert self._sock is not None and self._queued is not None
+        queued = self._queued
         overflowed = False
         for _ in range(256):  # bound the work per wake-up; the reader fires again
             try:
@@ -101,6 +107,8 @@ class LinkMonitor:
             except Exception:  # a message we cannot parse must not kill the monitor
                 log.exception("cannot parse a link event; resyncing")
                 overflowed = True
+            if not queued():  # (not a recv() that would block: see l3hostd.netlink.queued)
+                break
         if overflowed:
             self.overflows += 1
             log.warning("netlink link events overflowed (ENOBUFS): full resync")

@@ -30,6 +30,7 @@ from l3hostd.calc import matches
 from l3hostd.model import RTPROT_L3HOSTD, RTPROT_L3HOSTD_BGP, IPNetwork, Link
 from l3hostd.netlink import bpf, wire
 from l3hostd.netlink.batch import RtnlBatchSocket
+from l3hostd.netlink.queued import Queued
 
 log = logging.getLogger("l3hostd.netlink.routewatch")
 
@@ -111,6 +112,7 @@ class KernelRouteWatch:
         self._full = True  # next resync re-reads every matching link (start, overflow)
         self._exported: dict[IPNetwork, int] = {}
         self._sock: socket.socket | None = None
+        self._queued: Queued | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.resync_needed = asyncio.Event()
         self.overflows = 0
@@ -153,6 +155,7 @@ class KernelRouteWatch:
     def start(self) -> None:
         sock = watch_socket()
         self._sock = sock
+        self._queued = Queued(sock)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self.full_resync()
@@ -162,9 +165,11 @@ class KernelRouteWatch:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
+            self._queued = None
 
     def _on_readable(self) -> None:
-        assert self._sock is not None
+        assert self._sock is not None and self._queued is not None
+        queued = self._queued
         touched: list[IPNetwork] = []
         for _ in range(256):
             try:
@@ -196,6 +201,8 @@ class KernelRouteWatch:
                     if not any(s[0] == rec.oif for s in seen):
                         self._by_ifindex.get(rec.oif, set()).discard(rec.dst)
                 touched.append(rec.dst)
+            if not queued():  # (not a recv() that would block: see l3hostd.netlink.queued)
+                break
         self._publish(touched)
 
     def _candidate(self, rec: wire.RouteRecord) -> bool:
