@@ -34,7 +34,7 @@ from typing import Any
 from bench.guard import ScenarioTimeout
 from bench.listen import Listener
 from l3hostd.birdlab import BirdRouter, BirdSpeaker, L3hostdSpeaker, Speaker
-from l3hostd.lab import Hypervisor, Lab, LabError, Netns, wait_until
+from l3hostd.lab import Hypervisor, Lab, LabError, Netns
 
 PROTO_STATIC = 4
 EVENT_TIMEOUT = 10.0
@@ -103,13 +103,15 @@ def tap_pair(hv: Hypervisor, vms: Netns, tap: str, peer: str, up: bool = True) -
 
 
 def wait_event(
-    table: dict[str, float], key: str, after: float = 0.0, timeout: float = EVENT_TIMEOUT,
-    what: str = "event",
+    listener: Listener, table: dict[str, float], key: str, after: float = 0.0,
+    timeout: float = EVENT_TIMEOUT, what: str = "event",
 ) -> float:
-    """Wait until ``table[key]`` holds a time later than ``after``; return it."""
-    wait_until(lambda: table.get(key, 0.0) > after, timeout, interval=0.0005,
-               what=f"{what} {key}")
-    return table[key]
+    """Wait until ``table[key]`` (a table of ``listener``) holds a time later than
+    ``after``; return it (:meth:`~bench.listen.Listener.wait`: no polling)."""
+    t = listener.wait(table, key, after, timeout)
+    if t is None:
+        raise LabError(f"timed out after {timeout}s waiting for {what} {key}")
+    return t
 
 
 def event_prefix(block: int, j: int) -> str:

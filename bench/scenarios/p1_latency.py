@@ -88,7 +88,7 @@ Event = tuple[str, float, float, float]
 
 def _deleted_at(src: Listener, tap: str, after: float) -> float:
     """Kernel time of a TAP's deletion: the first of its down and RTM_DELLINK events."""
-    gone = wait_event(src.link_gone, tap, after, what="hv1: TAP deleted")
+    gone = wait_event(src, src.link_gone, tap, after, what="hv1: TAP deleted")
     down = src.link_down.get(tap, 0.0)
     return down if after < down < gone else gone
 
@@ -100,10 +100,10 @@ def _route_change(
     appended to ``seen`` for :mod:`bench.hops`."""
     verb = "add" if add else "del"
     t_cmd = batch(f"route {verb} {ip} dev tapbench0 proto static")
-    t_src = wait_event(src.route_added if add else src.route_deleted, ip, t_cmd,
+    t_src = wait_event(src, src.route_added if add else src.route_deleted, ip, t_cmd,
                        what=f"hv1: {verb}")
     # after t_cmd, not t_src: hv2's listener may read its event before hv1's does
-    t_dst = wait_event(dst.route_added if add else dst.route_deleted, ip, t_cmd,
+    t_dst = wait_event(dst, dst.route_added if add else dst.route_deleted, ip, t_cmd,
                        what=f"hv2: {verb}")
     seen.append((ip, t_cmd, t_src, t_dst))
     return 1000 * (t_dst - t_src)
@@ -115,8 +115,8 @@ def _tap_up(
     """The (down) TAP of an endpoint comes up on hv1 -> its /32 in hv2's FIB, in ms;
     appended to ``seen`` for :mod:`bench.hops`."""
     t_cmd = batch(f"link set {tap} up")
-    t_up = wait_event(src.link_up, tap, t_cmd, what="hv1: TAP up")
-    t_dst = wait_event(dst.route_added, ip, t_cmd, what="hv2: add")
+    t_up = wait_event(src, src.link_up, tap, t_cmd, what="hv1: TAP up")
+    t_dst = wait_event(dst, dst.route_added, ip, t_cmd, what="hv2: add")
     seen.append((ip, t_cmd, t_up, t_dst))
     return 1000 * (t_dst - t_up)
 
@@ -125,7 +125,7 @@ def _tap_delete(batch: IpBatch, src: Listener, dst: Listener, tap: str, ip: str)
     """The TAP is deleted on hv1 -> its /32 leaves hv2's FIB, in ms."""
     t_cmd = batch(f"link del {tap}")
     t_del = _deleted_at(src, tap, t_cmd)
-    return 1000 * (wait_event(dst.route_deleted, ip, t_cmd, what="hv2: del") - t_del)
+    return 1000 * (wait_event(dst, dst.route_deleted, ip, t_cmd, what="hv2: del") - t_del)
 
 
 def measure_events(
@@ -191,7 +191,7 @@ def measure_events(
             else:
                 tap_pair(hv1, vms, tap, f"q{j}")
                 t_cmd = batch(f"route add {ip} dev {tap} proto static")
-                ready = attempt("", ip, partial(wait_event, dst.route_added, ip, t_cmd,
+                ready = attempt("", ip, partial(wait_event, dst, dst.route_added, ip, t_cmd,
                                                 what="hv2: add (Felix route on a TAP)"))
             time.sleep(gap)
             if ready:
