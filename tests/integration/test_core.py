@@ -63,10 +63,17 @@ def test_tap_down_and_up_gets_its_routes_back(lab: Lab) -> None:
     # it is off the path from up to announcement)
     wait_until(lambda: "fe80::1/64" in hv.ns.ip("-6", "addr", "show", "dev", vm2.tap).stdout,
                2, what="fe80::1 on the TAP while it is down")
+    # so are the VM's permanent neighbour entries, which the kernel flushed too: when the
+    # TAP comes up, only its routes are written before the announcement
+    wait_until(lambda: {vm2.ipv4, vm2.ipv6} <= set(hv.ns.ip(
+        "neigh", "show", "dev", vm2.tap, "nud", "permanent").stdout.split()), 2,
+        what="the VM's neighbour entries on the TAP while it is down")
     assert "UP" not in hv.ns.ip("-br", "link", "show", vm2.tap).stdout.split()[1]
     hv.ns.ip("link", "set", vm2.tap, "up")
     wait_until(lambda: len(hv.routes("-4")) == 2 and len(hv.routes("-6")) == 2, 2,
                what="routes back after up")
+    neigh = hv.ns.ip("neigh", "show", "dev", vm2.tap, "nud", "permanent").stdout
+    assert f"{vm2.ipv4} lladdr {vm2.mac} PERMANENT" in neigh  # kept through the way up
     assert vm1.ns.ping(vm2.ipv4, timeout=3)
     assert vm1.ns.ping(vm2.ipv6, timeout=3)
 

@@ -54,10 +54,12 @@ def test_no_interface_down_interface_and_foreign_pattern() -> None:
         "b": EndpointState.INTERFACE_DOWN,
         "c": EndpointState.NO_INTERFACE,  # eth0 does not match tap*: never managed
     }
-    assert not d.routes and not d.neighbours
-    # a TAP that is down is configured already (sysctls, IPv6 gateway): off the path from
-    # link up to announcement; nothing for a missing TAP or a foreign interface
+    assert not d.routes
+    # a TAP that is down is configured already (sysctls, IPv6 gateway, the VM's permanent
+    # neighbour entries): off the path from link up to announcement; nothing for a missing
+    # TAP or a foreign interface
     assert d.taps == {1: TapConfig(1, "tapb", True, False)}
+    assert set(d.neighbours.values()) == {Neighbour(1, ip_address("10.0.0.2"), "fa:16:3e:00:00:01")}
 
 
 def test_ip_conflict_smallest_id_wins_and_loser_takes_over_when_winner_leaves() -> None:

@@ -148,6 +148,33 @@ def test_link_down_up_reinstalls_routes_the_kernel_flushed_silently() -> None:
     run(go())
 
 
+def test_a_tap_that_is_down_gets_its_neighbours_and_coming_up_writes_only_routes() -> None:
+    """The VM's permanent neighbour entries (and the TAP's sysctls) are written while its
+    TAP is down, and again after it went down (the kernel flushed them): between the TAP
+    coming up and its announcement only the routes are written."""
+    k = FakeKernel()
+    tap = k.add_link("tapa", up=False)
+    dp = make(k)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1", "2001:db8::1"))
+        assert not k.routes and len(k.neighbours) == 2 and tap.ifindex in k.tap_configured
+        k.clear_writes()
+        dp.on_link(k.set_link_up(tap.ifindex, True))
+        await dp.apply_once()
+        assert sorted(w.op for w in k.writes) == ["route-add", "route-add"]
+        assert len(k.routes) == 2
+        dp.on_link(k.set_link_up(tap.ifindex, False))  # flushes routes and neighbours
+        assert not k.neighbours
+        k.clear_writes()
+        await dp.apply_once()
+        assert not k.routes and len(k.neighbours) == 2
+        # (and the IPv6 gateway address the kernel flushed with them)
+        assert sorted(w.op for w in k.writes) == ["neigh-add", "neigh-add", "tap-config"]
+
+    run(go())
+
+
 def test_removed_tap_and_removed_endpoint() -> None:
     k = FakeKernel()
     a = k.add_link("tapa")
