@@ -104,8 +104,6 @@ class Link:
     ifname: str
     admin_up: bool  # IFF_UP
     lower_up: bool  # IFF_LOWER_UP: carrier (a VM is attached to the tap / veth peer up)
-    mac: str | None = None
-    kind: str | None = None  # IFLA_INFO_KIND: "tun", "veth", "bridge", ...
 
     @property
     def up(self) -> bool:

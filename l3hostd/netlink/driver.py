@@ -85,8 +85,6 @@ def link_from_record(rec: wire.LinkRecord) -> Link:
         ifname=rec.ifname,
         admin_up=bool(rec.flags & IFF_UP),
         lower_up=bool(rec.flags & IFF_LOWER_UP),
-        mac=rec.mac,
-        kind=rec.kind,
     )
 
 

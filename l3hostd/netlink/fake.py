@@ -49,9 +49,9 @@ class FakeKernel:
 
     # ---- test controls -----------------------------------------------------------------------
 
-    def add_link(self, ifname: str, up: bool = True, mac: str | None = None) -> Link:
+    def add_link(self, ifname: str, up: bool = True) -> Link:
         self._next_ifindex += 1
-        link = Link(self._next_ifindex, ifname, up, up, mac, "tun")
+        link = Link(self._next_ifindex, ifname, up, up)
         self.links[link.ifindex] = link
         return link
 

@@ -29,16 +29,12 @@ async def main() -> dict[str, object]:
     ipr = open_pyroute2()
     ref = {}
     async for msg in await ipr.link("dump"):
-        li = msg.get_attr("IFLA_LINKINFO")
-        ref[msg["index"]] = [msg.get_attr("IFLA_IFNAME"), msg["flags"],
-                             msg.get_attr("IFLA_ADDRESS"),
-                             li.get_attr("IFLA_INFO_KIND") if li else None]
+        ref[msg["index"]] = [msg.get_attr("IFLA_IFNAME"), msg["flags"]]
     ipr.close()
-    ours = {
-        link.ifindex: [link.ifname, None, link.mac, link.kind] for link in await driver.dump_links()
-    }
+    ours = {link.ifindex: [link.ifname, (1 if link.admin_up else 0)] for link in
+            await driver.dump_links()}
     for v in ref.values():
-        v[1] = None
+        v[1] = v[1] & 1  # IFF_UP (the carrier flag may change between the two dumps)
     out["links_match_pyroute2"] = ours == ref
     out["links"] = len(ours)
 

@@ -367,3 +367,23 @@ def test_fast_networks_are_in_use() -> None:
     from l3hostd import fastnet
 
     assert wire._net4 is fastnet._net4_fast and wire._net6 is fastnet._net6_fast
+
+
+def _link_message(ifindex: int, flags: int, attrs: list[tuple[int, bytes]]) -> bytes:
+    body = struct.pack("=BxHiII", 0, 1, ifindex, flags, 0)
+    for atype, value in attrs:
+        body += struct.pack("=HH", 4 + len(value), atype) + value
+        body += b"\0" * (-len(value) % 4)
+    return body
+
+
+def test_parse_link_reads_the_header_and_the_name_wherever_it_is() -> None:
+    name = (wire.IFLA_IFNAME, b"tapabc\0")
+    mtu, stats = (4, struct.pack("=I", 1500)), (23, bytes(200))
+    first = wire.parse_link(_link_message(7, 0x10003, [name, mtu, stats]))
+    assert first == wire.LinkRecord(7, "tapabc", 0x10003)
+    later = _link_message(7, 0x10003, [mtu, stats, name])  # not where the kernel puts it
+    assert wire.parse_link(later) == first
+    assert wire.parse_link(_link_message(9, 0, [mtu])) == wire.LinkRecord(9, "", 0)
+    truncated = _link_message(9, 0, [mtu]) + struct.pack("=HH", 2, 3)  # a length < 4
+    assert wire.parse_link(truncated) == wire.LinkRecord(9, "", 0)
