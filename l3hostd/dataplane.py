@@ -9,10 +9,14 @@ change is applied without any timer delay.
 
 A pass: resync the reconcilers that asked for it; additions in the order routes,
 neighbours, TAP config (proxy-ARP sysctls, IPv6 gateway) -- DESIGN.md's "route, neighbour
-and proxy-ARP"; removals in the reverse order. The firewall reconciler (a later issue)
-goes first in that order, and the BGP announcement follows the whole pass: listeners are
-told which routes are *observed installed* after each pass, never before the kernel
-confirmed them.
+and proxy-ARP"; removals in the reverse order. The firewall reconciler goes first in that
+order, and the BGP announcement follows the whole pass: listeners are told which routes
+are *observed installed* (and still wanted) after each pass, never before the kernel
+confirmed them. Removal is addition in reverse, so the withdrawal comes first: a route
+that is no longer wanted, or that the kernel flushed with its device, is withdrawn at
+the start of the pass, before anything is written (a TAP deleted is withdrawn before its
+other objects are looked at; a removed endpoint's route is withdrawn before it is
+deleted, so the fabric stops sending before the host stops delivering).
 
 Nothing is written before :meth:`Dataplane.set_ready` (the endpoint directory has been
 read and the links dumped) and every reconciler starts with a resync pending, so the first
@@ -106,6 +110,7 @@ class Dataplane:
         self.synced = asyncio.Event()  # set after the first complete pass
         self.stats = PassStats()
         self.route_listeners: list[RouteListener] = []
+        self._told: set[RouteKey] = set()  # the route listeners' announced keys
         self._work_since_trim = 0  # objects written or read back since the last trim
         #: called after every pass (the BGP manager times UPDATE-to-installed with it)
         self.pass_listeners: list[Callable[[], None]] = []
@@ -326,6 +331,7 @@ class Dataplane:
                     await r.resync()
                 except Exception as exc:  # the kernel or nft could not be read: retry later
                     r.resync_failed(started, exc)
+        self._withdraw_first()
         now = self._clock()
         written = 0
         # (a reconciler with nothing to look at in a phase is not called: for one event
@@ -370,16 +376,47 @@ class Dataplane:
             r.resync_failed(now, exc)
             return 0
 
+    def _announced(self, key: RouteKey) -> HostRoute | None:
+        """What is announced for ``key``: the installed route, while it is still wanted."""
+        route = self.routes.observed.get(key)
+        return route if route is not None and key in self.routes.desired else None
+
+    def _withdraw_first(self) -> None:
+        """Before a pass writes anything: tell listeners (BGP) about the routes that are
+        no longer announced -- not wanted any more, or flushed by the kernel with their
+        device. O(keys changed since the last pass)."""
+        if not self.route_listeners:
+            return
+        told = self._told
+        gone = [
+            k for k in self.routes.peek_observed_changes()
+            if k in told and self._announced(k) is None
+        ]
+        if gone:
+            told.difference_update(gone)
+            for listener in self.route_listeners:
+                listener({}, gone)
+
     def _notify_routes(self) -> None:
-        """Tell listeners (BGP) which installed host routes appeared, changed or went away."""
+        """Tell listeners (BGP) which installed, wanted host routes appeared, changed or
+        went away."""
         changed = self.routes.take_observed_changes()
         if not changed or not self.route_listeners:
             return
-        installed = self.routes.observed
-        added = {k: installed[k] for k in changed if k in installed}
-        removed = [k for k in changed if k not in installed]
-        for listener in self.route_listeners:
-            listener(added, removed)
+        told = self._told
+        added: dict[RouteKey, HostRoute] = {}
+        removed: list[RouteKey] = []
+        for k in changed:
+            route = self._announced(k)
+            if route is not None:
+                added[k] = route
+                told.add(k)
+            elif k in told:
+                removed.append(k)
+                told.discard(k)
+        if added or removed:
+            for listener in self.route_listeners:
+                listener(added, removed)
 
     # ---- views ---------------------------------------------------------------------------------
 

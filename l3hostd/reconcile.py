@@ -119,6 +119,7 @@ class Reconciler(abc.ABC, Generic[K, V]):
             self._dirty_rm.discard(key)
             self._dirty_add.add(key)
         self._retry.pop(key, None)
+        self._changed(key)  # (what is announced depends on the wish too: see Dataplane)
 
     def _mark(self, key: K) -> None:
         if key in self.desired:
@@ -183,10 +184,15 @@ class Reconciler(abc.ABC, Generic[K, V]):
         return min(deadlines) if deadlines else None
 
     def take_observed_changes(self) -> set[K]:
-        """Keys whose observed (installed) value changed since the last call
-        (needs :attr:`track_changes`)."""
+        """Keys whose observed (installed) value or whose wish changed since the last
+        call (needs :attr:`track_changes`)."""
         changed, self._observed_changed = self._observed_changed, set()
         return changed
+
+    def peek_observed_changes(self) -> set[K]:
+        """What :meth:`take_observed_changes` would return now (the set itself: do not
+        change it)."""
+        return self._observed_changed
 
     def _changed(self, key: K) -> None:
         if self.track_changes:

@@ -239,6 +239,66 @@ def test_route_listener_sees_only_installed_routes() -> None:
     run(go())
 
 
+def _logged(k: FakeKernel, dp: Dataplane) -> list[str]:
+    """One log of the route listener's calls and the kernel's writes, in order."""
+    log: list[str] = []
+    dp.route_listeners.append(lambda added, removed: log.extend(
+        [*(f"announce {r.dst}" for r in added.values()),
+         *(f"withdraw {key.dst}" for key in removed)]))
+    for name in ("write_routes", "write_neighbours"):
+        real = getattr(k, name)
+
+        async def write(deletes, adds, real=real):  # type: ignore[no-untyped-def]
+            result = await real(deletes, adds)
+            log.extend(f"{w.op} {getattr(w.obj, 'dst', getattr(w.obj, 'ip', ''))}"
+                       for w in k.writes[len(k.writes) - len(result):])
+            return result
+
+        setattr(k, name, write)
+    return log
+
+
+def test_removal_withdraws_first() -> None:
+    """DESIGN.md: removal is addition in reverse, so the withdrawal comes first -- before
+    a removed endpoint's route is deleted, and before anything else is written after a
+    TAP went down (the kernel flushed its route). A route whose delete failed is not
+    announced again while unwanted; wanted again, it is (still installed)."""
+    k = FakeKernel()
+    tap = k.add_link("tapa")
+    k.add_link("tapb")
+    dp = make(k)
+    log = _logged(k, dp)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"), ep("b", "tapb", "10.0.0.2"))
+        assert sorted(log) == ["announce 10.0.0.1/32", "announce 10.0.0.2/32",
+                               "neigh-add 10.0.0.1", "neigh-add 10.0.0.2",
+                               "route-add 10.0.0.1/32", "route-add 10.0.0.2/32"]
+        log.clear()
+        dp.on_endpoints({}, ["b"])
+        await dp.apply_once()
+        assert log == ["withdraw 10.0.0.2/32", "neigh-del 10.0.0.2", "route-del 10.0.0.2/32"]
+        log.clear()
+        dp.on_link(k.set_link_up(tap.ifindex, False))  # flushed: re-added while down
+        await dp.apply_once()
+        assert log == ["withdraw 10.0.0.1/32", "neigh-add 10.0.0.1"], log
+        dp.on_link(k.set_link_up(tap.ifindex, True))
+        await dp.apply_once()
+        log.clear()
+        k.fail_next["route-del"] = errno.EBUSY
+        dp.on_endpoints({}, ["a"])
+        await dp.apply_once()
+        assert log == ["withdraw 10.0.0.1/32", "neigh-del 10.0.0.1", "route-del 10.0.0.1/32"]
+        assert len(k.routes) == 1  # the delete failed: still installed, not announced
+        log.clear()
+        dp.on_endpoints({"a": ep("a", "tapa", "10.0.0.1")}, ())
+        await dp.apply_once()
+        # wanted again, and installed: announced again (its neighbour entry back first)
+        assert log == ["neigh-add 10.0.0.1", "announce 10.0.0.1/32"], log
+
+    run(go())
+
+
 def test_adoption_after_restart_writes_nothing() -> None:
     k = FakeKernel()
     k.add_link("tapa")
