@@ -13,10 +13,9 @@ and proxy-ARP"; removals in the reverse order. The firewall reconciler goes firs
 order, and the BGP announcement follows the whole pass: listeners are told which routes
 are *observed installed* (and still wanted) after each pass, never before the kernel
 confirmed them. Removal is addition in reverse, so the withdrawal comes first: a route
-that is no longer wanted, or that the kernel flushed with its device, is withdrawn at
-the start of the pass, before anything is written (a TAP deleted is withdrawn before its
-other objects are looked at; a removed endpoint's route is withdrawn before it is
-deleted, so the fabric stops sending before the host stops delivering).
+that the kernel flushed with its device is withdrawn from the link event itself, and a
+route that is no longer wanted at the start of the pass, before it is deleted (the
+fabric stops sending before the host stops delivering).
 
 Nothing is written before :meth:`Dataplane.set_ready` (the endpoint directory has been
 read and the links dumped) and every reconciler starts with a resync pending, so the first
@@ -274,6 +273,9 @@ class Dataplane:
 
     def _forget(self, ifindex: int) -> None:
         self.routes.forget_ifindex(ifindex)
+        # The kernel flushed the device's routes: withdrawn now, from the event itself
+        # (removal goes first), not after the pass the event causes has been planned.
+        self._withdraw_first()
         self.neighbours.forget_ifindex(ifindex)
         self.tapconfig.forget_observed([ifindex])
         self._wake.set()

@@ -260,8 +260,8 @@ def _logged(k: FakeKernel, dp: Dataplane) -> list[str]:
 
 def test_removal_withdraws_first() -> None:
     """DESIGN.md: removal is addition in reverse, so the withdrawal comes first -- before
-    a removed endpoint's route is deleted, and before anything else is written after a
-    TAP went down (the kernel flushed its route). A route whose delete failed is not
+    a removed endpoint's route is deleted, and at once when a TAP went down (the kernel
+    flushed its route). A route whose delete failed is not
     announced again while unwanted; wanted again, it is (still installed)."""
     k = FakeKernel()
     tap = k.add_link("tapa")
@@ -280,6 +280,7 @@ def test_removal_withdraws_first() -> None:
         assert log == ["withdraw 10.0.0.2/32", "neigh-del 10.0.0.2", "route-del 10.0.0.2/32"]
         log.clear()
         dp.on_link(k.set_link_up(tap.ifindex, False))  # flushed: re-added while down
+        assert log == ["withdraw 10.0.0.1/32"], log  # from the event itself, before a pass
         await dp.apply_once()
         assert log == ["withdraw 10.0.0.1/32", "neigh-add 10.0.0.1"], log
         dp.on_link(k.set_link_up(tap.ifindex, True))
