@@ -17,7 +17,11 @@ Felix's dataplane doctrine and BIRD's krt.c, in one small generic class:
 * A key that fails stays dirty and is retried with exponential backoff (0.1 s .. 30 s).
 
 Subclasses implement ``_dump`` (read our objects from the kernel) and ``_write`` (apply
-deletes then adds in one batch, returning an errno per request).
+deletes then adds in one batch, returning an errno per request). A subclass that needs the
+observed objects of one device (a device that went down lost them all in the kernel)
+sets ``_by_group`` to a dict and ``_group`` to the device of an object: the index is kept
+with every change of ``observed``, and :meth:`observed_in` costs what it returns, not a
+scan of every object (2,000 routes on a host with 1,000 VMs, at every TAP going down).
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ class Reconciler(abc.ABC, Generic[K, V]):
         #: Do not delete objects that are ours but not desired (graceful-restart hold).
         self.protect_unwanted = False
         self.stats = ReconcilerStats()
+        #: observed keys by :meth:`_group` of their value; None: not indexed
+        self._by_group: dict[Hashable, set[K]] | None = None
 
     # ---- cheap, no IO -------------------------------------------------------------------
 
@@ -131,9 +137,47 @@ class Reconciler(abc.ABC, Generic[K, V]):
         """The kernel removed these objects without telling (e.g. a device went down):
         drop them from observed so that they are re-created when desired again."""
         for key in keys:
-            if self.observed.pop(key, None) is not None:
+            if self._unobserve(key) is not None:
                 self._mark(key)
                 self._changed(key)
+
+    def observed_in(self, group: Hashable) -> list[K]:
+        """The observed keys whose value is in ``group`` (needs the index: see the module
+        docstring)."""
+        assert self._by_group is not None, f"{self.name}: observed objects are not indexed"
+        return list(self._by_group.get(group, ()))
+
+    # ---- observed, with its index ---------------------------------------------------------
+
+    def _observe(self, key: K, value: V) -> None:
+        index = self._by_group
+        if index is not None:
+            old = self.observed.get(key)
+            if old is not None:
+                self._unindex(index, key, old)
+            index.setdefault(self._group(key, value), set()).add(key)
+        self.observed[key] = value
+
+    def _unobserve(self, key: K) -> V | None:
+        old = self.observed.pop(key, None)
+        if old is not None and self._by_group is not None:
+            self._unindex(self._by_group, key, old)
+        return old
+
+    def _unindex(self, index: dict[Hashable, set[K]], key: K, value: V) -> None:
+        group = self._group(key, value)
+        keys = index.get(group)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del index[group]
+
+    def _reindex(self) -> None:
+        if self._by_group is not None:
+            index: dict[Hashable, set[K]] = {}
+            for key, value in self.observed.items():
+                index.setdefault(self._group(key, value), set()).add(key)
+            self._by_group = index
 
     def queue_resync(self) -> None:
         self._resync_pending = True
@@ -216,6 +260,7 @@ class Reconciler(abc.ABC, Generic[K, V]):
             self._observed_changed.update(k for k, v in old.items() if observed.get(k) != v)
             self._observed_changed.update(k for k, v in observed.items() if old.get(k) != v)
         self.observed = observed
+        self._reindex()
         self._dirty_add.update(self.desired)
         self._dirty_rm.update(k for k in observed if k not in self.desired)
         self._resync_pending = False
@@ -273,13 +318,13 @@ class Reconciler(abc.ABC, Generic[K, V]):
         failed: dict[K, int] = {}
         for (key, _), err in zip(deletes, errnos[: len(deletes)], strict=True):
             if err == 0 or err in GONE_ERRNOS:
-                self.observed.pop(key, None)
+                self._unobserve(key)
                 self._changed(key)
             else:
                 failed[key] = err
         for (key, value), err in zip(adds, errnos[len(deletes) :], strict=True):
             if err == 0:
-                self.observed[key] = value
+                self._observe(key, value)
                 self._changed(key)
             elif key not in failed:
                 failed[key] = err
@@ -340,6 +385,10 @@ class Reconciler(abc.ABC, Generic[K, V]):
 
     def _same(self, desired: V, observed: V) -> bool:
         return desired == observed
+
+    def _group(self, key: K, value: V) -> Hashable:
+        """The group an observed object is indexed by (with ``_by_group``)."""
+        raise NotImplementedError
 
     def _converged(self, key: K) -> bool:
         """After a write: does the kernel hold what is wished for this key now?"""

@@ -23,6 +23,10 @@ class NeighbourReconciler(Reconciler[NeighbourKey, Neighbour]):
         super().__init__()
         self._kernel = kernel
         self._managed = managed_ifindexes
+        self._by_group = {}  # observed entries by device (forget_ifindex)
+
+    def _group(self, key: NeighbourKey, value: Neighbour) -> int:
+        return key.ifindex
 
     async def _dump(self) -> dict[NeighbourKey, Neighbour]:
         return {n.key: n for n in await self._kernel.dump_neighbours(self._managed())}
@@ -33,4 +37,4 @@ class NeighbourReconciler(Reconciler[NeighbourKey, Neighbour]):
         return await self._kernel.write_neighbours([v for _, v in deletes], [v for _, v in adds])
 
     def forget_ifindex(self, ifindex: int) -> None:
-        self.forget_observed([k for k in self.observed if k.ifindex == ifindex])
+        self.forget_observed(self.observed_in(ifindex))

@@ -24,6 +24,10 @@ class RouteReconciler(Reconciler[RouteKey, HostRoute]):
         super().__init__()
         self._kernel = kernel
         self._protocol = protocol
+        self._by_group = {}  # observed routes by device (forget_ifindex)
+
+    def _group(self, key: RouteKey, value: HostRoute) -> int:
+        return value.ifindex
 
     async def _dump(self) -> dict[RouteKey, HostRoute]:
         return {r.key: r for r in await self._kernel.dump_routes(self._protocol)}
@@ -35,7 +39,4 @@ class RouteReconciler(Reconciler[RouteKey, HostRoute]):
 
     def forget_ifindex(self, ifindex: int) -> None:
         """The device went down or away: the kernel flushed its routes silently."""
-        self.forget_observed([k for k, r in self.observed.items() if r.ifindex == ifindex])
-
-    def installed_on(self, ifindex: int) -> list[HostRoute]:
-        return [r for r in self.observed.values() if r.ifindex == ifindex]
+        self.forget_observed(self.observed_in(ifindex))
