@@ -98,7 +98,9 @@ class Listener:
         """Until ``table[key]`` (one of this listener's tables) holds a time later than
         ``after``; return it, or None after ``timeout`` seconds. The reader thread wakes
         the waiter when a line arrives: waiting costs no CPU. (It used to poll every
-        0.5 ms, and every poll took a CPU from the speakers in the middle of an event.)"""
+        0.5 ms: ~2 wake-ups of the bench on the speakers' CPUs during each event. Their
+        effect on P1 was below the run-to-run noise in an A/B run, but a harness should
+        not run during what it measures.)"""
         deadline = time.monotonic() + timeout
         with self.changed:
             while (t := table.get(key, 0.0)) <= after:
