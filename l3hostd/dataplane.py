@@ -118,6 +118,8 @@ class Dataplane:
         # running pass (what the route listeners' changes were caused by, at the earliest).
         self.input_at: float | None = None
         self.pass_input_at: float | None = None
+        #: the input the route listeners' current call answers (read during the call)
+        self.routes_event_at: float | None = None
 
     # ---- inputs (cheap, no IO) --------------------------------------------------------------
 
@@ -275,7 +277,7 @@ class Dataplane:
         self.routes.forget_ifindex(ifindex)
         # The kernel flushed the device's routes: withdrawn now, from the event itself
         # (removal goes first), not after the pass the event causes has been planned.
-        self._withdraw_first()
+        self._withdraw_first(time.monotonic())
         self.neighbours.forget_ifindex(ifindex)
         self.tapconfig.forget_observed([ifindex])
         self._wake.set()
@@ -333,7 +335,7 @@ class Dataplane:
                     await r.resync()
                 except Exception as exc:  # the kernel or nft could not be read: retry later
                     r.resync_failed(started, exc)
-        self._withdraw_first()
+        self._withdraw_first(self.pass_input_at)
         now = self._clock()
         written = 0
         # (a reconciler with nothing to look at in a phase is not called: for one event
@@ -383,10 +385,10 @@ class Dataplane:
         route = self.routes.observed.get(key)
         return route if route is not None and key in self.routes.desired else None
 
-    def _withdraw_first(self) -> None:
+    def _withdraw_first(self, event_at: float | None) -> None:
         """Before a pass writes anything: tell listeners (BGP) about the routes that are
         no longer announced -- not wanted any more, or flushed by the kernel with their
-        device. O(keys changed since the last pass)."""
+        device. O(keys changed since the last pass). ``event_at``: the input this answers."""
         if not self.route_listeners:
             return
         told = self._told
@@ -396,8 +398,14 @@ class Dataplane:
         ]
         if gone:
             told.difference_update(gone)
-            for listener in self.route_listeners:
-                listener({}, gone)
+            self._tell({}, gone, event_at)
+
+    def _tell(
+        self, added: Mapping[RouteKey, HostRoute], removed: list[RouteKey], event_at: float | None
+    ) -> None:
+        self.routes_event_at = event_at
+        for listener in self.route_listeners:
+            listener(added, removed)
 
     def _notify_routes(self) -> None:
         """Tell listeners (BGP) which installed, wanted host routes appeared, changed or
@@ -417,8 +425,7 @@ class Dataplane:
                 removed.append(k)
                 told.discard(k)
         if added or removed:
-            for listener in self.route_listeners:
-                listener(added, removed)
+            self._tell(added, removed, self.pass_input_at)
 
     # ---- views ---------------------------------------------------------------------------------
 

@@ -277,7 +277,7 @@ class BgpManager:
             key = prefix_key(rk.dst)
             self._endpoint_exports[key] = Export(route.dst, 0, "endpoint")
             self._export_changed(key)
-        self._stamp_pending(self.dataplane.pass_input_at)
+        self._stamp_pending(self.dataplane.routes_event_at)
         self._kick_senders()
 
     def _on_kernel_route(self, prefix: IPNetwork, metric: int | None) -> None:

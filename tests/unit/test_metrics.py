@@ -369,6 +369,18 @@ def test_bgp_collector_over_a_real_session_matches_the_peer_and_the_kernel() -> 
                 kernel.routes) == 1
             assert value(got, "l3hostd_endpoints", state="active") == 1
 
+            # its TAP goes down long after that pass: the withdrawal is timed from the
+            # link event, not from the last pass's input
+            await asyncio.sleep(0.5)
+            before = bgp.announce_latency.sum
+            tap = next(iter(kernel.links.values()))
+            dp.on_link(kernel.set_link_up(tap.ifindex, False))
+            await wait(lambda: bgp.announce_latency.count == 2)  # the withdrawal went out
+            assert not kernel.routes
+            assert bgp.announce_latency.sum - before < 0.2
+            dp.on_link(kernel.set_link_up(tap.ifindex, True))
+            await wait(lambda: bgp.announce_latency.count == 3 and len(kernel.routes) == 1)
+
             # a withdrawal: one route less in the kernel and in the metrics
             peer.send([], ["10.9.0.2/32"])
             await wait(lambda: len(kernel.learned) == 2)
