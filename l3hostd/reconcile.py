@@ -48,6 +48,14 @@ BACKOFF_MAX = 30.0
 #: errnos that mean "already gone" for a delete: not an error.
 GONE_ERRNOS = frozenset({errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL})
 
+#: A write to a device that no longer exists. A TAP that is deleted goes down first, and
+#: what a down TAP keeps (neighbour entries, its configuration) is written again at that
+#: event, often just after the kernel removed the device: routine, so a first failure is
+#: neither logged as a warning nor counted as an error. The device's own removal event
+#: takes the wish away; a failure that lasts is counted from its second attempt on and
+#: logged as a warning at the fifth, as any failure.
+DEVICE_GONE_ERRNOS = frozenset({errno.ENODEV})
+
 
 class Phase(enum.Enum):
     REMOVE = "remove"
@@ -358,6 +366,8 @@ class Reconciler(abc.ABC, Generic[K, V]):
         attempts = 1 if retry is None else retry.attempts + 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** (attempts - 1)))
         self._retry[key] = _Retry(attempts, now + delay)
+        if attempts == 1 and err in DEVICE_GONE_ERRNOS:
+            return  # (see DEVICE_GONE_ERRNOS; it is retried all the same)
         self.stats.errors += 1
         self.stats.last_error = f"{key}: {errno.errorcode.get(err, str(err))}"
         if err == errno.EEXIST:
@@ -370,6 +380,8 @@ class Reconciler(abc.ABC, Generic[K, V]):
         key, err = next(iter(failed.items()))
         attempts = self._retry[key].attempts if key in self._retry else 1
         level = logging.WARNING if attempts in (1, 5) or attempts % 20 == 0 else logging.DEBUG
+        if attempts == 1 and all(e in DEVICE_GONE_ERRNOS for e in failed.values()):
+            level = logging.DEBUG
         log.log(
             level,
             "%s: %d of %d writes failed, e.g. %s: %s (attempt %d, retried with backoff)",

@@ -71,7 +71,8 @@ def tap_is_configured(
 
 
 def configure_tap(ifname: str, ipv6: bool, root: Path = PROC_SYS, localnet: bool = False) -> int:
-    """Write the settings that differ; return 0 or the errno of the first failure."""
+    """Write the settings that differ; return 0 or the errno of the first failure (ENODEV
+    when the device is gone)."""
     for template, value in _settings(ipv6, localnet):
         if read(template, ifname, root) == value:
             continue
@@ -81,6 +82,8 @@ def configure_tap(ifname: str, ipv6: bool, root: Path = PROC_SYS, localnet: bool
                 os.write(fd, value.encode())
             finally:
                 os.close(fd)
+        except FileNotFoundError:
+            return errno.ENODEV  # no /proc/sys/net/*/conf/<tap>: the device is gone
         except OSError as exc:
             return exc.errno or errno.EIO
         except ValueError:

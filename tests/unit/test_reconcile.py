@@ -1,9 +1,11 @@
-"""The reconcilers' index of observed objects by device (Reconciler.observed_in).
+"""The generic reconciler (l3hostd.reconcile) with the real subclasses and the fake kernel.
 
-A device that goes down loses its routes and neighbour entries in the kernel without a
-word; the dataplane forgets them by device. The index must say exactly what a scan of
-every observed object would, after any mix of writes, failed writes, device losses and
-resyncs."""
+- Its index of observed objects by device (``observed_in``). A device that goes down loses
+  its routes and neighbour entries in the kernel without a word, and the dataplane forgets
+  them by device. The index must say exactly what a scan of every observed object would,
+  after any mix of writes, failed writes, device losses and resyncs.
+- A write to a device that was just removed: quiet once.
+"""
 
 from __future__ import annotations
 
@@ -128,3 +130,33 @@ def test_a_value_replaced_in_place_leaves_its_old_group() -> None:
         assert r._by_group == {2: {"x"}}
 
     asyncio.run(go())
+
+
+def test_a_write_to_a_device_just_gone_is_quiet_once(caplog) -> None:  # type: ignore[no-untyped-def]
+    """A TAP being deleted goes down first; its neighbour entries, written again at that
+    event, fail with ENODEV when the kernel has removed the device meanwhile: routine, not
+    a warning nor an error -- unless it lasts (then counted, and warned at the fifth try)."""
+
+    async def go() -> NeighbourReconciler:
+        k = FakeKernel()
+        neighbours = NeighbourReconciler(k, lambda: list(k.links))
+        await neighbours.resync()
+        gone = Neighbour(99, ip_address("10.0.0.1"), "fa:16:3e:00:00:01")  # no device 99
+        neighbours.set_desired(gone.key, gone)
+        await neighbours.apply(Phase.ADD, 0.0)
+        assert neighbours.stats.errors == 0 and not neighbours.stats.last_error
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        for attempt in range(2, 6):
+            await neighbours.apply(Phase.ADD, 100.0 * attempt)
+        assert neighbours.stats.errors == 4 and "ENODEV" in neighbours.stats.last_error
+        assert [r for r in caplog.records if r.levelname == "WARNING"]  # the fifth try
+        return neighbours
+
+    asyncio.run(go())
+
+
+def test_a_sysctl_of_a_device_that_is_gone_is_enodev(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from l3hostd.netlink import sysctl
+
+    (tmp_path / "ipv4" / "conf" / "tapa").mkdir(parents=True)
+    assert sysctl.configure_tap("tapb", False, root=tmp_path) == errno.ENODEV
