@@ -386,9 +386,10 @@ class Dataplane:
         return route if route is not None and key in self.routes.desired else None
 
     def _withdraw_first(self, event_at: float | None) -> None:
-        """Before a pass writes anything: tell listeners (BGP) about the routes that are
-        no longer announced -- not wanted any more, or flushed by the kernel with their
-        device. O(keys changed since the last pass). ``event_at``: the input this answers."""
+        """Tell listeners (BGP) about the routes that are no longer announced -- not
+        wanted any more, or flushed by the kernel with their device -- from the link event
+        that flushed them, and at the start of a pass, before it writes anything.
+        O(keys changed since the last pass). ``event_at``: the input this answers."""
         if not self.route_listeners:
             return
         told = self._told
@@ -403,6 +404,8 @@ class Dataplane:
     def _tell(
         self, added: Mapping[RouteKey, HostRoute], removed: list[RouteKey], event_at: float | None
     ) -> None:
+        """Call the route listeners; ``routes_event_at`` says, during the call, which input
+        it answers (the BGP manager times its announcements from it)."""
         self.routes_event_at = event_at
         for listener in self.route_listeners:
             listener(added, removed)
