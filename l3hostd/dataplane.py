@@ -274,10 +274,9 @@ class Dataplane:
         self._wake.set()
 
     def _forget(self, ifindex: int) -> None:
-        self.routes.forget_ifindex(ifindex)
         # The kernel flushed the device's routes: withdrawn now, from the event itself
         # (removal goes first), not after the pass the event causes has been planned.
-        self._withdraw_first(time.monotonic())
+        self._withdraw(self.routes.forget_ifindex(ifindex), time.monotonic())
         self.neighbours.forget_ifindex(ifindex)
         self.tapconfig.forget_observed([ifindex])
         self._wake.set()
@@ -335,7 +334,7 @@ class Dataplane:
                     await r.resync()
                 except Exception as exc:  # the kernel or nft could not be read: retry later
                     r.resync_failed(started, exc)
-        self._withdraw_first(self.pass_input_at)
+        self._withdraw(self.routes.peek_observed_changes(), self.pass_input_at)
         now = self._clock()
         written = 0
         # (a reconciler with nothing to look at in a phase is not called: for one event
@@ -385,18 +384,15 @@ class Dataplane:
         route = self.routes.observed.get(key)
         return route if route is not None and key in self.routes.desired else None
 
-    def _withdraw_first(self, event_at: float | None) -> None:
-        """Tell listeners (BGP) about the routes that are no longer announced -- not
-        wanted any more, or flushed by the kernel with their device -- from the link event
-        that flushed them, and at the start of a pass, before it writes anything.
-        O(keys changed since the last pass). ``event_at``: the input this answers."""
+    def _withdraw(self, keys: Iterable[RouteKey], event_at: float | None) -> None:
+        """Tell listeners (BGP) about those of ``keys`` that are no longer announced -- not
+        wanted any more, or flushed by the kernel with their device: the routes a link
+        event flushed, from that event; every key changed since the last pass, at the
+        start of a pass, before it writes anything. ``event_at``: the input this answers."""
         if not self.route_listeners:
             return
         told = self._told
-        gone = [
-            k for k in self.routes.peek_observed_changes()
-            if k in told and self._announced(k) is None
-        ]
+        gone = [k for k in keys if k in told and self._announced(k) is None]
         if gone:
             told.difference_update(gone)
             self._tell({}, gone, event_at)

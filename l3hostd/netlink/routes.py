@@ -37,6 +37,9 @@ class RouteReconciler(Reconciler[RouteKey, HostRoute]):
     ) -> list[int]:
         return await self._kernel.write_routes([v for _, v in deletes], [v for _, v in adds])
 
-    def forget_ifindex(self, ifindex: int) -> None:
-        """The device went down or away: the kernel flushed its routes silently."""
-        self.forget_observed(self.observed_in(ifindex))
+    def forget_ifindex(self, ifindex: int) -> list[RouteKey]:
+        """The device went down or away: the kernel flushed its routes silently. Returns
+        their keys."""
+        keys = self.observed_in(ifindex)
+        self.forget_observed(keys)
+        return keys

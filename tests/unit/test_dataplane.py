@@ -300,6 +300,30 @@ def test_removal_withdraws_first() -> None:
     run(go())
 
 
+def test_a_link_dump_without_two_taps_withdraws_each_route_once_at_once() -> None:
+    """A full link dump (overflow, resync) in which TAPs are gone: each one's routes are
+    withdrawn from the dump itself, once, and only those (each device's own keys, not
+    every key changed since the last pass)."""
+    k = FakeKernel()
+    a, b = k.add_link("tapa"), k.add_link("tapb")
+    k.add_link("tapc")
+    dp = make(k)
+    log = _logged(k, dp)
+
+    async def go() -> None:
+        await start(dp, k, ep("a", "tapa", "10.0.0.1"), ep("b", "tapb", "10.0.0.2"),
+                    ep("c", "tapc", "10.0.0.3"))
+        log.clear()
+        k.del_link(a.ifindex)
+        k.del_link(b.ifindex)
+        dp.on_links(await k.dump_links())
+        assert sorted(log) == ["withdraw 10.0.0.1/32", "withdraw 10.0.0.2/32"], log
+        await dp.apply_once()
+        assert sorted(log) == ["withdraw 10.0.0.1/32", "withdraw 10.0.0.2/32"], log
+
+    run(go())
+
+
 def test_adoption_after_restart_writes_nothing() -> None:
     k = FakeKernel()
     k.add_link("tapa")
